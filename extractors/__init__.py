@@ -1,0 +1,1 @@
+"""regionrank extractors package."""
