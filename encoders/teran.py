@@ -1,0 +1,613 @@
+"""TERAN (Messina et al., ACM TOMM 2021): region and word encoders, alignment pooling, registry.
+
+Reproduces the reference code (mesnico/TERAN) as restated in ALGORITHMS.md §4, quirks included:
+
+* images get a **reserved slot 0** (zero feature, zero box) that passes through the spatial MLP and
+  the transformers like any region; its output is the image's global vector;
+* the alignment drops ``[CLS]``, ``[SEP]`` **and the last word-piece** of every caption
+  (``reference_trim=True``, the default; ``False`` drops only ``[CLS]``/``[SEP]``);
+* padded alignment entries are **0, not -inf**, before max/sum/mean pooling;
+* ``mean`` pooling divides by the **padded** sizes.
+
+Deviations (recorded in each model config's ``deviations``): the offline text backbone is
+all-MiniLM-L6-v2 (384-d) instead of bert-base-uncased cut to 6 layers (768-d); the global vectors
+(slot 0 / ``[CLS]``) are trained with an added matching hinge so that a first-stage ANN index can use
+them (the released MrSw configs train alignment only); the optimiser is AdamW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from encoders.text import (
+    TokenizedBatch,
+    build_random_text_model,
+    default_text_model_path,
+    load_text_model,
+    tokenize,
+)
+from storage.records import RegionRecord
+
+__all__ = [
+    "POOLINGS",
+    "RegionBatch",
+    "TeranCfg",
+    "TeranModel",
+    "TeranOutput",
+    "alignment_scores",
+    "create_encoder",
+    "get_model_cfg",
+    "list_models",
+    "region_batch",
+    "spatial_features",
+    "trim_for_alignment",
+]
+
+Pooling = Literal["MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean", "scan-sentences"]
+POOLINGS: tuple[str, ...] = ("MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean", "scan-sentences")
+_FUSIONS = ("concat-and-process", "project-and-sum")
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture config and registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeranCfg:
+    """TERAN architecture and training defaults (one JSON file in ``encoders/model_configs``).
+
+    Attributes:
+        name: registry name (kebab-case, dataset suffix).
+        embed_dim: joint space width E (1024).
+        feature_dim: region feature width F (2048 for bottom-up features).
+        spatial_fusion: ``"concat-and-process"`` (released configs) or ``"project-and-sum"``.
+        visual_layers / visual_heads / visual_ff: the first image transformer (4 layers at width F,
+            4 heads, feed-forward 2048).
+        top_layers / top_heads / top_ff: the transformer after the projection to E (2 layers, 4 heads,
+            feed-forward 2048), one per modality unless ``shared_top``.
+        shared_top: the image branch reuses the text branch's top transformer (``*_sharedTE``).
+        dropout: dropout of every transformer layer.
+        text_model: ``"all-minilm-l6-v2"`` (the installed package), ``"random"`` (a randomly
+            initialised BERT built from ``text_bert_config``; tests and tiny configs) or a local folder.
+        text_dim: the text backbone's hidden width H (384 for MiniLM, 768 for bert-base).
+        text_bert_config: ``BertConfig`` keyword arguments for ``text_model="random"``.
+        text_layers: extra transformer layers on the backbone output (reference ``text-model.layers``, 0).
+        max_tokens: caption truncation in word-pieces, special tokens included (TERAN pads to 88).
+        pooling: alignment pooling, one of :data:`POOLINGS` (MrSw in the released configs).
+        reference_trim: drop the last word-piece too (the reference quirk, ALGORITHMS.md §4.4).
+        margin / max_violation: hinge loss (0.2, hardest negative).
+        matching_weight: weight of the global-vector matching hinge added to the alignment loss
+            (0 disables it, as in the released configs).
+        lr / lr_step_epochs / lr_gamma / warmup_iters / batch_size / epochs / grad_clip: training
+            defaults (ALGORITHMS.md §4.6).
+        description / deviations: free text recorded with checkpoints.
+    """
+
+    name: str
+    embed_dim: int = 1024
+    feature_dim: int = 2048
+    spatial_fusion: str = "concat-and-process"
+    visual_layers: int = 4
+    visual_heads: int = 4
+    visual_ff: int = 2048
+    top_layers: int = 2
+    top_heads: int = 4
+    top_ff: int = 2048
+    shared_top: bool = False
+    dropout: float = 0.1
+    text_model: str = "all-minilm-l6-v2"
+    text_dim: int = 384
+    text_bert_config: Mapping[str, Any] = field(default_factory=dict)
+    text_layers: int = 0
+    max_tokens: int = 88
+    pooling: str = "MrSw"
+    reference_trim: bool = True
+    margin: float = 0.2
+    max_violation: bool = True
+    matching_weight: float = 1.0
+    lr: float = 1e-5
+    lr_step_epochs: int = 20
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    batch_size: int = 40
+    epochs: int = 30
+    grad_clip: float = 2.0
+    description: str = ""
+    deviations: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {self.pooling!r} in config {self.name!r}")
+        if self.spatial_fusion not in _FUSIONS:
+            raise ValueError(
+                f"spatial_fusion must be one of {_FUSIONS}; got {self.spatial_fusion!r} in config {self.name!r}"
+            )
+        for attr in ("embed_dim", "feature_dim", "visual_heads", "top_heads", "text_dim", "max_tokens"):
+            if int(getattr(self, attr)) <= 0:
+                raise ValueError(f"{attr} must be positive; got {getattr(self, attr)!r} in config {self.name!r}")
+        if self.feature_dim % self.visual_heads or self.embed_dim % self.top_heads:
+            raise ValueError(
+                f"feature_dim ({self.feature_dim}) must be divisible by visual_heads ({self.visual_heads}) and "
+                f"embed_dim ({self.embed_dim}) by top_heads ({self.top_heads}) in config {self.name!r}"
+            )
+        object.__setattr__(self, "deviations", tuple(self.deviations))
+        object.__setattr__(self, "text_bert_config", dict(self.text_bert_config))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TeranCfg:
+        """Build from a JSON mapping; unknown keys raise ``ValueError`` listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TeranCfg keys {unknown}; known keys: {sorted(known)}")
+        if "name" not in data:
+            raise ValueError("a TeranCfg needs a 'name'")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["deviations"] = list(self.deviations)
+        out["text_bert_config"] = dict(self.text_bert_config)
+        return out
+
+    def replace(self, **changes: Any) -> TeranCfg:
+        return dataclasses.replace(self, **changes)
+
+
+def _config_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+def list_models() -> list[str]:
+    """Names of the model configs shipped in ``encoders/model_configs/*.json``, sorted."""
+    return sorted(_config_files())
+
+
+def get_model_cfg(name: str) -> dict[str, Any]:
+    """The raw JSON mapping of a shipped model config (``"kind"`` says which model family).
+
+    Raises:
+        ValueError: ``name`` is not a shipped config; the message lists the known names.
+    """
+    files = _config_files()
+    if name not in files:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(files)}")
+    return json.loads(files[name].read_text())
+
+
+def load_teran_cfg(name_or_cfg: str | Mapping[str, Any] | TeranCfg) -> TeranCfg:
+    """Resolve a registry name, a JSON mapping or a ``TeranCfg`` into a ``TeranCfg``."""
+    if isinstance(name_or_cfg, TeranCfg):
+        return name_or_cfg
+    data = dict(get_model_cfg(name_or_cfg)) if isinstance(name_or_cfg, str) else dict(name_or_cfg)
+    kind = data.pop("kind", "teran")
+    if kind != "teran":
+        raise ValueError(f"config {data.get('name')!r} is a {kind!r} model, not a TERAN model")
+    return TeranCfg.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Region inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def spatial_features(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """TERAN's 5-d spatial vector per region: normalised corners and normalised area.
+
+    Args:
+        boxes: ``FloatTensor[..., 4]`` ``(x1, y1, x2, y2)`` in original-image pixels.
+        sizes: ``FloatTensor[..., 2]`` ``(width, height)`` in pixels, broadcastable to ``boxes[..., :2]``.
+
+    Returns:
+        ``FloatTensor[..., 5]`` ``(x1/W, y1/H, x2/W, y2/H, (x2-x1)(y2-y1)/(W H))``.
+    """
+    scale = torch.cat([sizes, sizes], dim=-1)  # [..., 4] = (W, H, W, H)
+    norm = boxes / scale
+    area = (norm[..., 2] - norm[..., 0]) * (norm[..., 3] - norm[..., 1])
+    return torch.cat([norm, area.unsqueeze(-1)], dim=-1)
+
+
+@dataclass
+class RegionBatch:
+    """Padded region inputs of a batch of images.
+
+    Attributes:
+        features: ``FloatTensor[B, S, F]``; with ``reserved_slot`` position 0 is the zero slot.
+        spatial: ``FloatTensor[B, S, 5]`` (see :func:`spatial_features`), 0 in the reserved slot/padding.
+        lengths: ``LongTensor[B]`` valid positions per image (the reserved slot included).
+        boxes: per image ``float32[n, 4]`` pixel boxes (no slot), kept for embedding records.
+    """
+
+    features: torch.Tensor
+    spatial: torch.Tensor
+    lengths: torch.Tensor
+    boxes: list[np.ndarray]
+
+    def to(self, device: torch.device | str) -> RegionBatch:
+        return RegionBatch(self.features.to(device), self.spatial.to(device), self.lengths.to(device), self.boxes)
+
+
+def region_batch(records: Sequence[RegionRecord], *, reserved_slot: bool = True) -> RegionBatch:
+    """Stack region records into a padded float32 batch (features are stored as float16).
+
+    Args:
+        records: the images' region records (same feature width).
+        reserved_slot: prepend TERAN's zero slot 0 (zero feature, zero box); SCAN uses ``False``.
+
+    Raises:
+        ValueError: empty input or mixed feature widths.
+    """
+    if len(records) == 0:
+        raise ValueError("region_batch needs at least one RegionRecord")
+    dims = {r.feature_dim for r in records}
+    if len(dims) != 1:
+        raise ValueError(f"region records mix feature widths {sorted(dims)}; encode one detector's shards at a time")
+    dim = dims.pop()
+    off = 1 if reserved_slot else 0
+    width = off + max(r.num_regions for r in records)
+    feats = torch.zeros(len(records), width, dim)
+    spatial = torch.zeros(len(records), width, 5)
+    lengths = torch.zeros(len(records), dtype=torch.long)
+    for i, rec in enumerate(records):
+        n = rec.num_regions
+        feats[i, off : off + n] = torch.from_numpy(np.asarray(rec.features, dtype=np.float32))
+        boxes = torch.from_numpy(np.asarray(rec.boxes, dtype=np.float32))
+        size = torch.tensor([float(rec.width), float(rec.height)])
+        spatial[i, off : off + n] = spatial_features(boxes, size.expand(n, 2))
+        lengths[i] = off + n
+    return RegionBatch(feats, spatial, lengths, [np.asarray(r.boxes, dtype=np.float32) for r in records])
+
+
+# --------------------------------------------------------------------------------------------------
+# Alignment scores
+# --------------------------------------------------------------------------------------------------
+
+
+def _length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _alignment_scores_torch(
+    regions: torch.Tensor, region_lens: torch.Tensor, words: torch.Tensor, word_lens: torch.Tensor, pooling: str
+) -> torch.Tensor:
+    n_img, r_pad, _ = regions.shape
+    n_cap, w_pad, _ = words.shape
+    rmask = _length_mask(region_lens, r_pad)  # [Ni, R]
+    wmask = _length_mask(word_lens, w_pad)  # [Nc, W]
+    valid = rmask[:, None, :, None] & wmask[None, :, None, :]  # [Ni, Nc, R, W]
+    align = torch.einsum("ire,cwe->icrw", regions, words).masked_fill(~valid, 0.0)  # zero fill, not -inf
+    if pooling == "MrSw":
+        return align.amax(dim=2).sum(dim=2)
+    if pooling == "MwSr":
+        return align.amax(dim=3).sum(dim=2)
+    if pooling == "symm":
+        return align.amax(dim=2).sum(dim=2) + align.amax(dim=3).sum(dim=2)
+    if pooling == "MrAVGw":
+        # Reference divides by the trimmed word count; a caption with no words left divides by zero there.
+        return align.amax(dim=2).sum(dim=2) / word_lens.to(align.dtype)[None, :]
+    if pooling == "sum":
+        return align.sum(dim=(2, 3))
+    if pooling == "mean":
+        return align.sum(dim=(2, 3)) / float(r_pad * w_pad)  # padded sizes: the reference quirk
+    if pooling == "scan-sentences":
+        pos = F.relu(align)
+        pos = pos / pos.norm(dim=2, keepdim=True).clamp_min(1e-12)  # L2 over the regions of each word
+        # Softmax over the caption's valid words; padded regions are zeroed afterwards (the reference
+        # produces NaN rows there and masks them to 0). A caption with no words gets a zero score.
+        logits = pos.masked_fill(~wmask[None, :, None, :], float("-inf"))
+        empty = ~wmask.any(dim=1)  # [Nc]
+        logits = logits.masked_fill(empty[None, :, None, None], 0.0)
+        weights = torch.softmax(logits, dim=3)  # [Ni, Nc, R, W]
+        attended = torch.einsum("icrw,cwe->icre", weights, words)  # [Ni, Nc, R, E]
+        dots = torch.einsum("ire,icre->icr", regions, attended)
+        denom = (regions.norm(dim=-1)[:, None, :] * attended.norm(dim=-1)).clamp_min(1e-8)
+        cos = (dots / denom).masked_fill(~rmask[:, None, :], 0.0)
+        cos = cos.masked_fill(empty[None, :, None], 0.0)
+        return cos.sum(dim=2)
+    raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+
+
+def alignment_scores(
+    regions: ArrayT,
+    region_lens: ArrayT | Sequence[int],
+    words: ArrayT,
+    word_lens: ArrayT | Sequence[int],
+    *,
+    pooling: str = "MrSw",
+) -> ArrayT:
+    """TERAN's pooled region-word alignment score for every (image, caption) pair.
+
+    ``A[i, c, r, w] = <v_ir, t_cw>`` for valid r, w and **0** for padded entries (the reference fills
+    with zero, not -inf, so a word's max over an image with padded regions is max(valid, 0)). Pooling
+    (``R_pad``, ``W_pad`` the padded widths of the inputs):
+
+    * ``MrSw``: sum_w max_r A; ``MwSr``: sum_r max_w A; ``symm``: their sum;
+    * ``MrAVGw``: MrSw / W_c; ``sum``: sum_r sum_w A; ``mean``: sum / (R_pad W_pad) (padded sizes, so
+      the value depends on the padding, as in the reference);
+    * ``scan-sentences``: B = relu(A) L2-normalised over regions per word (eps 1e-12), softmax over the
+      caption's words per region, u_r = sum_w beta_rw t_w, S = sum over valid regions of cos(v_r, u_r)
+      (eps 1e-8).
+
+    Args:
+        regions: ``float[N_img, R_pad, E]`` region embeddings, reserved slot already removed.
+        region_lens: ``int[N_img]`` valid regions per image.
+        words: ``float[N_cap, W_pad, E]`` word embeddings, special tokens already removed.
+        word_lens: ``int[N_cap]`` valid words per caption.
+        pooling: one of :data:`POOLINGS`.
+
+    Returns:
+        ``[N_img, N_cap]`` scores of the input's type (numpy or torch) and dtype (float32 or float64).
+        Differentiable for torch inputs.
+
+    Raises:
+        ValueError: unknown pooling, shape mismatches, or lengths outside ``[0, padded width]``.
+        TypeError: non-floating or mixed dtypes.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+    as_numpy = isinstance(regions, np.ndarray)
+    reg = torch.from_numpy(regions) if as_numpy else regions
+    wrd = torch.from_numpy(np.asarray(words)) if as_numpy else words
+    if not isinstance(wrd, torch.Tensor):
+        raise TypeError(f"regions and words must both be numpy arrays or both torch tensors; got {type(words)}")
+    if reg.ndim != 3 or wrd.ndim != 3 or reg.shape[2] != wrd.shape[2]:
+        raise ValueError(
+            f"regions must be [N_img, R, E] and words [N_cap, W, E] with the same E; "
+            f"got {tuple(reg.shape)} and {tuple(wrd.shape)}"
+        )
+    if not (reg.dtype.is_floating_point and reg.dtype == wrd.dtype):
+        raise TypeError(f"regions and words must share a floating dtype; got {reg.dtype} and {wrd.dtype}")
+    rlen = torch.as_tensor(np.asarray(region_lens) if not isinstance(region_lens, torch.Tensor) else region_lens)
+    wlen = torch.as_tensor(np.asarray(word_lens) if not isinstance(word_lens, torch.Tensor) else word_lens)
+    rlen, wlen = rlen.to(reg.device, torch.long), wlen.to(reg.device, torch.long)
+    if rlen.shape != (reg.shape[0],) or wlen.shape != (wrd.shape[0],):
+        raise ValueError(
+            f"region_lens must have shape ({reg.shape[0]},) and word_lens ({wrd.shape[0]},); "
+            f"got {tuple(rlen.shape)} and {tuple(wlen.shape)}"
+        )
+    if bool((rlen < 0).any() | (rlen > reg.shape[1]).any() | (wlen < 0).any() | (wlen > wrd.shape[1]).any()):
+        raise ValueError(
+            f"lengths must lie in [0, padded width]; region_lens={rlen.tolist()} (R_pad={reg.shape[1]}), "
+            f"word_lens={wlen.tolist()} (W_pad={wrd.shape[1]})"
+        )
+    scores = _alignment_scores_torch(reg, rlen, wrd, wlen, pooling)
+    return scores.numpy() if as_numpy else scores
+
+
+def trim_for_alignment(
+    region_emb: torch.Tensor,
+    region_lens: torch.Tensor,
+    word_emb: torch.Tensor,
+    word_lens: torch.Tensor,
+    *,
+    reference_trim: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Remove the reserved image slot and the caption's special tokens before alignment.
+
+    Images drop slot 0 (length - 1). Captions drop position 0 (``[CLS]``) and, with ``reference_trim``
+    (the reference quirk), the **last two positions of the padded tensor** with every length reduced by
+    3: for a caption of n word-pieces, ``[SEP]`` and the last word-piece w_n are excluded. With
+    ``reference_trim=False`` only ``[CLS]`` and ``[SEP]`` are dropped (lengths - 2).
+
+    Args:
+        region_emb: ``[B_img, 1 + R, E]``; region_lens: ``[B_img]`` (slot included).
+        word_emb: ``[B_cap, T, E]``; word_lens: ``[B_cap]`` (special tokens included).
+
+    Returns:
+        ``(regions [B_img, R, E], region_lens, words [B_cap, W, E], word_lens)``; lengths clamp at 0.
+    """
+    regions, rlens = region_emb[:, 1:], (region_lens - 1).clamp_min(0)
+    if reference_trim:
+        words, wlens = word_emb[:, 1:-2], (word_lens - 3).clamp_min(0)
+    else:
+        words, wlens = word_emb[:, 1:-1], (word_lens - 2).clamp_min(0)
+    return regions, rlens, words, wlens.clamp_max(words.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+def _transformer(d_model: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=d_model, nhead=heads, dim_feedforward=ff, dropout=dropout, activation="relu", batch_first=True
+    )
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+
+
+class TeranVisualEncoder(nn.Module):
+    """Spatial fusion, transformer at the feature width, projection to E (ALGORITHMS.md §4.2, steps 1-3)."""
+
+    def __init__(self, cfg: TeranCfg) -> None:
+        super().__init__()
+        d = cfg.feature_dim
+        self.fusion = cfg.spatial_fusion
+        if cfg.spatial_fusion == "concat-and-process":
+            self.spatial_map: nn.Module = nn.Sequential(nn.Linear(d + 5, d), nn.ReLU(), nn.Linear(d, d))
+        else:
+            self.spatial_map = nn.Linear(5, d)
+        self.transformer = _transformer(d, cfg.visual_heads, cfg.visual_ff, cfg.visual_layers, cfg.dropout)
+        self.proj = nn.Linear(d, cfg.embed_dim)
+
+    def forward(self, features: torch.Tensor, spatial: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """features ``[B, S, F]``, spatial ``[B, S, 5]``, pad_mask ``[B, S]`` (True = padding) -> ``[B, S, E]``."""
+        if self.fusion == "concat-and-process":
+            x = self.spatial_map(torch.cat([features, spatial], dim=-1))
+        else:
+            x = features + self.spatial_map(spatial)
+        x = self.transformer(x, src_key_padding_mask=pad_mask)
+        return self.proj(x)
+
+
+@dataclass
+class TeranOutput:
+    """Scores of a batch: ``alignment`` ``[B_img, B_cap]`` (pooled) and ``global_sims`` (dot of global vectors)."""
+
+    alignment: torch.Tensor
+    global_sims: torch.Tensor
+
+
+class TeranModel(nn.Module):
+    """TERAN: region encoder + BERT word encoder into one space, scored by pooled alignment.
+
+    Compose with :func:`create_encoder` (registry + weights) or directly from parts:
+    ``TeranModel(cfg, text_model, tokenizer)``.
+
+    Args:
+        cfg: the architecture.
+        text_model: a BERT-family module whose output has ``last_hidden_state`` ``[B, T, text_dim]``.
+        tokenizer: the matching Hugging Face tokenizer (kept for :meth:`tokenize` and checkpoints).
+    """
+
+    kind = "teran"
+
+    def __init__(self, cfg: TeranCfg, text_model: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        hidden = getattr(getattr(text_model, "config", None), "hidden_size", cfg.text_dim)
+        if int(hidden) != cfg.text_dim:
+            raise ValueError(
+                f"text model hidden size {hidden} does not match text_dim={cfg.text_dim} of config {cfg.name!r}; "
+                f"set text_dim to the backbone's width"
+            )
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.visual = TeranVisualEncoder(cfg)
+        self.text_backbone = text_model
+        self.text_extra = (
+            _transformer(cfg.text_dim, 4, 2048, cfg.text_layers, cfg.dropout) if cfg.text_layers > 0 else None
+        )
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
+        self.text_top = _transformer(cfg.embed_dim, cfg.top_heads, cfg.top_ff, cfg.top_layers, cfg.dropout)
+        self.image_top = (
+            None
+            if cfg.shared_top
+            else _transformer(cfg.embed_dim, cfg.top_heads, cfg.top_ff, cfg.top_layers, cfg.dropout)
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_proj.weight.device
+
+    def tokenize(self, texts: Sequence[str]) -> TokenizedBatch:
+        """Word-piece batch of captions (``[CLS] ... [SEP]``, truncated to ``cfg.max_tokens``)."""
+        return tokenize(self.tokenizer, texts, max_length=self.cfg.max_tokens)
+
+    def encode_regions(self, batch: RegionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a region batch built with the reserved slot.
+
+        Returns:
+            ``(region_emb [B, S, E], global_emb [B, E])``, both L2-normalised; ``region_emb[:, 0]`` is the
+            reserved slot, padded positions hold unmasked values that scoring ignores.
+        """
+        pad_mask = ~_length_mask(batch.lengths, batch.features.shape[1])
+        x = self.visual(batch.features, batch.spatial, pad_mask)
+        top = self.text_top if self.image_top is None else self.image_top
+        x = top(x, src_key_padding_mask=pad_mask)
+        x = F.normalize(x, dim=-1)
+        return x, x[:, 0]
+
+    def encode_text(self, tokens: TokenizedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a word-piece batch.
+
+        Returns:
+            ``(word_emb [B, T, E], global_emb [B, E])`` L2-normalised; position 0 is ``[CLS]`` (the global).
+        """
+        mask = tokens.attention_mask
+        x = self.text_backbone(input_ids=tokens.input_ids, attention_mask=mask).last_hidden_state
+        pad_mask = mask == 0
+        if self.text_extra is not None:
+            x = self.text_extra(x, src_key_padding_mask=pad_mask)
+        x = self.text_top(self.text_proj(x), src_key_padding_mask=pad_mask)
+        x = F.normalize(x, dim=-1)
+        return x, x[:, 0]
+
+    def score_embeddings(
+        self,
+        region_emb: torch.Tensor,
+        region_lens: torch.Tensor,
+        word_emb: torch.Tensor,
+        word_lens: torch.Tensor,
+        *,
+        pooling: str | None = None,
+    ) -> torch.Tensor:
+        """Pooled alignment ``[B_img, B_cap]`` of encoded (untrimmed) regions and words."""
+        regions, rlens, words, wlens = trim_for_alignment(
+            region_emb, region_lens, word_emb, word_lens, reference_trim=self.cfg.reference_trim
+        )
+        return alignment_scores(regions, rlens, words, wlens.to(regions.device), pooling=pooling or self.cfg.pooling)
+
+    def forward(self, regions: RegionBatch, tokens: TokenizedBatch) -> TeranOutput:
+        """Score every image of ``regions`` against every caption of ``tokens``."""
+        region_emb, img_global = self.encode_regions(regions)
+        word_emb, cap_global = self.encode_text(tokens)
+        align = self.score_embeddings(region_emb, regions.lengths, word_emb, tokens.lengths.to(word_emb.device))
+        return TeranOutput(alignment=align, global_sims=img_global @ cap_global.t())
+
+    def loss(self, out: TeranOutput) -> torch.Tensor:
+        """Alignment hinge (+ ``matching_weight`` x global hinge) on matched pairs along the diagonal."""
+        from encoders.losses import contrastive_loss
+
+        total = contrastive_loss(out.alignment, margin=self.cfg.margin, max_violation=self.cfg.max_violation)
+        if self.cfg.matching_weight > 0:
+            total = total + self.cfg.matching_weight * contrastive_loss(
+                out.global_sims, margin=self.cfg.margin, max_violation=self.cfg.max_violation
+            )
+        return total
+
+
+def build_text_backbone(cfg: TeranCfg, text_model_path: str | Path | None = None, *, pretrained: bool = True):
+    """(tokenizer, text model) for a config: the installed MiniLM, a local folder, or a random tiny BERT."""
+    if cfg.text_model == "random" and text_model_path is None:
+        if not cfg.text_bert_config:
+            raise ValueError(f"config {cfg.name!r} has text_model='random' but no text_bert_config")
+        return build_random_text_model(cfg.text_bert_config)
+    if text_model_path is None:
+        text_model_path = default_text_model_path() if cfg.text_model == "all-minilm-l6-v2" else cfg.text_model
+    return load_text_model(text_model_path, pretrained=pretrained)
+
+
+def create_encoder(
+    name_or_cfg: str | Mapping[str, Any] | TeranCfg,
+    weights: str | Path | None = None,
+    text_model_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> TeranModel:
+    """Build a TERAN model from the registry (or a config) and optionally load trained weights.
+
+    Args:
+        name_or_cfg: a name from :func:`list_models`, a config mapping or a :class:`TeranCfg`.
+        weights: a checkpoint folder written by ``encoders.checkpoint`` or a ``.safetensors`` file;
+            ``None`` leaves the TERAN layers randomly initialised (the text backbone keeps its
+            pretrained weights). Nothing is ever downloaded.
+        text_model_path: a local BERT folder overriding the config's text backbone.
+        device: where the model is placed.
+
+    Raises:
+        ValueError: unknown name or config keys (the message lists the known ones).
+        FileNotFoundError: ``weights`` or ``text_model_path`` does not exist.
+    """
+    if weights is not None:
+        from encoders.checkpoint import load_model
+
+        model = load_model(weights, device=device, text_model_path=text_model_path)
+        if not isinstance(model, TeranModel):
+            raise ValueError(f"checkpoint {str(weights)!r} holds a {type(model).__name__}, not a TERAN model")
+        return model
+    cfg = load_teran_cfg(name_or_cfg)
+    tokenizer, text_model = build_text_backbone(cfg, text_model_path)
+    return TeranModel(cfg, text_model, tokenizer).to(device)
