@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -236,6 +237,8 @@ def import_milvlg_npz(folder: str | os.PathLike[str], store: RegionStore | str |
     to_id = _id_fn(namespace, id_fn)
 
     def load(f: Path) -> RegionRecord:
+        if not zipfile.is_zipfile(f):  # never let np.load fall back to unpickling a whole file
+            raise ValueError("not an .npz (zip) archive")
         with np.load(f, allow_pickle=True) as z:
             feats = np.asarray(z["x"], np.float32)
             boxes = np.asarray(z["bbox"], np.float32)

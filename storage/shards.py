@@ -135,7 +135,7 @@ class ShardStore(Generic[R]):
         self._producers: dict[str, str] = {}
         self._shards: list[_ShardInfo] = []
         self._dim: int | None = None
-        self.corrupt_shards: list[str] = []
+        self._corrupt: list[str] = []
         self._seen_listing: tuple[str, ...] | None = None
 
     # --- discovery -------------------------------------------------------------------------
@@ -195,7 +195,7 @@ class ShardStore(Generic[R]):
             shards_col: list[str] = []
             rows: list[int] = []
             producers: list[str] = []
-            self._shards, self.corrupt_shards = [], []
+            self._shards, self._corrupt = [], []
             self._catalog, self._producers = {}, {}
             dirty = False
             for name in names:
@@ -203,7 +203,7 @@ class ShardStore(Generic[R]):
                     pf = self._open(name)
                 except CorruptShardError as exc:
                     log.warning("%s", exc)
-                    self.corrupt_shards.append(name)
+                    self._corrupt.append(name)
                     dirty = True
                     continue
                 md = pf.metadata
@@ -264,6 +264,12 @@ class ShardStore(Generic[R]):
             log.warning("could not write catalog %s (%s); it will be rebuilt next time", final, exc)
 
     # --- queries ---------------------------------------------------------------------------
+
+    @property
+    def corrupt_shards(self) -> list[str]:
+        """Published shards that could not be read (skipped; their keys count as missing)."""
+        self.refresh()
+        return list(self._corrupt)
 
     def __len__(self) -> int:
         self.refresh()
