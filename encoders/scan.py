@@ -1,0 +1,592 @@
+"""SCAN: stacked cross attention between image regions and caption words (Lee et al., ECCV 2018).
+
+Owns the batched cross-attention scorer (:func:`xattn_scores`), the attention maps used for
+explanations (:func:`xattn_t2i_attention`, :func:`xattn_i2t_attention`), SCAN's image and text
+encoders and :class:`ScanModel`, plus the global-pooling baseline (:func:`mean_pool_scores`,
+:class:`MeanPoolBaseline`) used to show what cross attention buys. The math follows the reference
+*code* (kuanghuei/SCAN ``model.py``), restated in ALGORITHMS.md §3; each reproduced quirk is named
+where it is implemented.
+
+Implementation notes (not in the reference; results are identical up to float rounding):
+
+* All (image, caption) pairs of a chunk are scored at once: the raw region·word products of a
+  chunk come from one matrix product ``[n_i·R, d] @ [d, n_c·L]`` instead of the reference's Python
+  loop over captions.
+* The attended vector ``a_j = Σ_i α_ij c_i`` is never materialised. Its dot product with the query
+  is ``Σ_i α_ij s_ij`` (the raw scores already computed) and its squared norm is ``α_jᵀ G α_j``
+  with ``G`` the Gram matrix of the context items (``R×R`` per image or ``L×L`` per caption), which
+  costs ``R`` instead of ``d`` multiply-adds per (query, context) entry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = [
+    "Agg",
+    "Direction",
+    "MeanPoolBaseline",
+    "RawNorm",
+    "ScanCfg",
+    "ScanImageEncoder",
+    "ScanModel",
+    "ScanTextEncoder",
+    "l2norm",
+    "mean_pool_scores",
+    "xattn_i2t_attention",
+    "xattn_scores",
+    "xattn_t2i_attention",
+]
+
+RawNorm = Literal["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm"]
+Agg = Literal["LogSumExp", "Mean", "Max", "Sum"]
+Direction = Literal["t2i", "i2t"]
+
+_EPS = 1e-8  # SCAN's epsilon: added to norms (l2norm / l1norm) and the floor of the cosine denominator
+_LEAKY_SLOPE = 0.1  # reference quirk: "clipped" norms use LeakyReLU(0.1), the paper writes ReLU
+_DEFAULT_CHUNK = 4096  # image-caption pairs scored at once
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """SCAN's L2 normalisation ``x / (‖x‖ + 1e-8)`` (epsilon added to the norm, not inside the root)."""
+    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + _EPS)
+
+
+def _check_choice(name: str, value: str, allowed: Any) -> None:
+    options = get_args(allowed)
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}; got {value!r}")
+
+
+def _lengths(name: str, lens: Any, n: int, limit: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(lens, device=device)
+    if t.shape != (n,) or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must be an integer sequence of length {n}; got shape {tuple(t.shape)} dtype {t.dtype}")
+    t = t.long()
+    if n and (int(t.min()) < 1 or int(t.max()) > limit):
+        raise ValueError(f"{name} must lie in [1, {limit}] (the padded size); got range [{int(t.min())}, {int(t.max())}]")
+    return t
+
+
+def _normalise_raw(s: torch.Tensor, norm: str, query_mask: torch.Tensor | None) -> torch.Tensor:
+    """Step A: normalise raw scores ``s[..., ctx, q]`` of each context item across the query axis."""
+    if norm == "softmax":
+        if query_mask is not None:
+            s = s.masked_fill(~query_mask, float("-inf"))
+        return torch.softmax(s, dim=-1)
+    if norm.startswith("clipped"):
+        s = F.leaky_relu(s, _LEAKY_SLOPE)
+    if norm in ("clipped", "no_norm"):
+        return s  # per query column: padded queries never reach the aggregation
+    if query_mask is not None:
+        s = s.masked_fill(~query_mask, 0.0)  # padded queries must not enter the norm
+    if norm.endswith("l2norm"):
+        return s / (s.pow(2).sum(dim=-1, keepdim=True).sqrt() + _EPS)
+    # l1 variants: the reference calls an undefined ``l1norm_d`` (NameError); this is the formula of
+    # its own, never-called ``l1norm`` function. There are no reference outputs to compare against.
+    return s / (s.abs().sum(dim=-1, keepdim=True) + _EPS)
+
+
+def _attention(
+    s: torch.Tensor, norm: str, lambda_softmax: float, ctx_mask: torch.Tensor | None, query_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Steps A and B on raw scores ``s[..., ctx, q]``: weights ``α[..., ctx, q]`` summing to 1 over ctx."""
+    logits = _normalise_raw(s, norm, query_mask) * lambda_softmax
+    if ctx_mask is not None:
+        logits = logits.masked_fill(~ctx_mask, float("-inf"))  # padded context items get no weight
+    return torch.softmax(logits, dim=-2)
+
+
+def _aggregate(rel: torch.Tensor, agg: str, lambda_lse: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """Aggregate relevances ``rel[..., q]`` over valid queries."""
+    if agg == "LogSumExp":  # max-shifted; the reference exponentiates directly (same value)
+        if mask is not None:
+            rel = rel.masked_fill(~mask, float("-inf"))
+        return torch.logsumexp(rel * lambda_lse, dim=-1) / lambda_lse
+    if agg == "Max":
+        if mask is not None:
+            rel = rel.masked_fill(~mask, float("-inf"))
+        return rel.max(dim=-1).values
+    total = rel.sum(dim=-1) if mask is None else rel.masked_fill(~mask, 0.0).sum(dim=-1)
+    if agg == "Sum":
+        return total
+    count = rel.new_tensor(rel.shape[-1]) if mask is None else mask.sum(dim=-1).to(rel.dtype)
+    return total / count
+
+
+def _relevance(
+    alpha: torch.Tensor, s: torch.Tensor, ctx_gram: torch.Tensor, query_norm: torch.Tensor, gram_eq: str
+) -> torch.Tensor:
+    """Cosine between each query item and its attended vector, without building the attended vector.
+
+    ``alpha, s``: ``[n_i, n_c, ctx, q]``; ``ctx_gram``: the context Gram matrices; ``query_norm``: ``‖q_j‖``
+    broadcastable to ``[n_i, n_c, q]``. SCAN's cosine: ``⟨x, y⟩ / max(‖x‖·‖y‖, 1e-8)``.
+    """
+    dot = (alpha * s).sum(dim=-2)  # [n_i, n_c, q]: <q_j, a_j> = Σ_i α_ij <c_i, q_j>
+    sq = (alpha * torch.einsum(gram_eq, ctx_gram, alpha)).sum(dim=-2)  # [n_i, n_c, q]: ‖a_j‖²
+    norm_a = sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
+    return dot / (query_norm * norm_a).clamp_min(_EPS)
+
+
+def _validate_pair(images: torch.Tensor, captions: torch.Tensor) -> None:
+    for name, t in (("images", images), ("captions", captions)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor; got {type(t).__name__}")
+        if t.ndim != 3:
+            raise ValueError(f"{name} must be 3-D [n, items, d]; got shape {tuple(t.shape)}")
+    if images.shape[-1] != captions.shape[-1] or images.dtype != captions.dtype or images.device != captions.device:
+        raise ValueError(
+            f"images {tuple(images.shape)} {images.dtype} {images.device} and captions {tuple(captions.shape)} "
+            f"{captions.dtype} {captions.device} must share the last dimension, dtype and device"
+        )
+
+
+def xattn_scores(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: Any,
+    *,
+    direction: Direction,
+    raw_feature_norm: RawNorm = "clipped_l2norm",
+    agg_func: Agg = "LogSumExp",
+    lambda_softmax: float = 9.0,
+    lambda_lse: float = 6.0,
+    region_lens: Any | None = None,
+    chunk_size: int = _DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """SCAN similarity of every image with every caption (ALGORITHMS.md §3.2-3.3).
+
+    For a pair, with query items ``q_j`` and context items ``c_i`` (t2i: words attend to regions;
+    i2t: regions attend to words) and raw scores ``s_ij = ⟨c_i, q_j⟩``:
+
+    A. ``raw_feature_norm`` normalises each context item's scores **across the query axis** j
+       (reference quirk; "clipped" = LeakyReLU(0.1), not ReLU; l2/l1 use ``x / (‖x‖ + 1e-8)``).
+    B. ``α_ij = softmax_i(lambda_softmax · s̄_ij)`` **over the context axis**.
+    C. ``a_j = Σ_i α_ij c_i``; relevance ``R_j = ⟨q_j, a_j⟩ / max(‖q_j‖‖a_j‖, 1e-8)``.
+    D. ``agg_func`` over the valid query items: ``LogSumExp`` = ``log(Σ exp(λ₂ R_j)) / λ₂``
+       (computed max-shifted), ``Mean``, ``Max``, ``Sum``.
+
+    Captions include ``<start>`` and ``<end>`` in the attention, as in the reference (the caller's
+    encoder decides that). Padded words (beyond ``cap_lens``) and padded regions (beyond
+    ``region_lens``) take no part: they are dropped from Step A's norm, get ``-inf`` before Step B's
+    softmax, and are excluded from Step D. ``l1norm``/``clipped_l1norm``: the reference raises
+    NameError for them; regionrank uses ``s_ij / (Σ_j |s_ij| + 1e-8)`` (on LeakyReLU(s) for
+    the clipped form), the formula ALGORITHMS.md gives; there are no reference outputs for them.
+
+    Args:
+        images: ``FloatTensor[n_image, R, d]`` L2-normalised region vectors (float32 or float64).
+        captions: ``FloatTensor[n_caption, L_max, d]`` L2-normalised word vectors, same dtype/device.
+        cap_lens: ``int[n_caption]`` true caption lengths in ``[1, L_max]`` (list, numpy or tensor).
+        direction: ``"t2i"`` (words attend to regions, aggregate over words) or ``"i2t"``.
+        raw_feature_norm: Step A variant.
+        agg_func: Step D variant.
+        lambda_softmax: Step B inverse temperature λ₁ (SCAN: 9 for t2i, 4 for i2t).
+        lambda_lse: LogSumExp λ₂ (SCAN: 6 for t2i, 5 or 20 for i2t).
+        region_lens: optional ``int[n_image]`` true region counts in ``[1, R]``; None = all R valid.
+        chunk_size: maximum image-caption pairs processed at once; memory per chunk is about
+            ``8 · chunk_size · R · L`` floats.
+
+    Returns:
+        ``Tensor[n_image, n_caption]`` scores with the inputs' dtype and device (differentiable).
+
+    Raises:
+        TypeError / ValueError: on malformed inputs or unknown variant names (the message names the value).
+    """
+    _validate_pair(images, captions)
+    _check_choice("direction", direction, Direction)
+    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    _check_choice("agg_func", agg_func, Agg)
+    if lambda_softmax <= 0 or lambda_lse <= 0:
+        raise ValueError(f"lambda_softmax and lambda_lse must be > 0; got {lambda_softmax}, {lambda_lse}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    n_image, n_region, _ = images.shape
+    n_caption, max_len, _ = captions.shape
+    dev = images.device
+    cap_len = _lengths("cap_lens", cap_lens, n_caption, max_len, dev)
+    reg_len = None if region_lens is None else _lengths("region_lens", region_lens, n_image, n_region, dev)
+    out = images.new_empty(n_image, n_caption)
+    if n_image == 0 or n_caption == 0:
+        return out
+    img_chunk = min(n_image, max(1, math.isqrt(chunk_size)))
+    cap_chunk = min(n_caption, max(1, chunk_size // img_chunk))
+    rows = []
+    for i0 in range(0, n_image, img_chunk):
+        i1 = min(i0 + img_chunk, n_image)
+        r_max = n_region if reg_len is None else int(reg_len[i0:i1].max())
+        img = images[i0:i1, :r_max]  # [ni, R, d]
+        r_mask = None if reg_len is None else torch.arange(r_max, device=dev)[None, :] < reg_len[i0:i1, None]  # [ni, R]
+        if r_mask is not None:
+            img = img * r_mask[..., None].to(img.dtype)  # padding never enters the Gram matrix
+        cols = []
+        for c0 in range(0, n_caption, cap_chunk):
+            c1 = min(c0 + cap_chunk, n_caption)
+            lens = cap_len[c0:c1]
+            l_max = int(lens.max())
+            w_mask = torch.arange(l_max, device=dev)[None, :] < lens[:, None]  # [nc, L]
+            cap = captions[c0:c1, :l_max] * w_mask[..., None].to(captions.dtype)  # [nc, L, d]
+            cols.append(_chunk_scores(img, r_mask, cap, w_mask, direction, raw_feature_norm, agg_func, lambda_softmax, lambda_lse))
+        rows.append(torch.cat(cols, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def _chunk_scores(
+    img: torch.Tensor,
+    r_mask: torch.Tensor | None,
+    cap: torch.Tensor,
+    w_mask: torch.Tensor,
+    direction: str,
+    norm: str,
+    agg: str,
+    lambda_softmax: float,
+    lambda_lse: float,
+) -> torch.Tensor:
+    ni, n_r, d = img.shape
+    nc, n_l, _ = cap.shape
+    s = (img.reshape(ni * n_r, d) @ cap.reshape(nc * n_l, d).t()).view(ni, n_r, nc, n_l).permute(0, 2, 1, 3)  # [ni, nc, R, L]
+    word_ok = w_mask[None, :, None, :]  # [1, nc, 1, L]
+    region_ok = None if r_mask is None else r_mask[:, None, :, None]  # [ni, 1, R, 1]
+    if direction == "t2i":  # query = words, context = regions
+        alpha = _attention(s, norm, lambda_softmax, region_ok, word_ok)  # [ni, nc, R, L]
+        gram = img @ img.transpose(1, 2)  # [ni, R, R]
+        rel = _relevance(alpha, s, gram, cap.norm(dim=-1)[None], "irs,icsl->icrl")  # [ni, nc, L]
+        return _aggregate(rel, agg, lambda_lse, w_mask[None])
+    s = s.transpose(-1, -2)  # [ni, nc, L, R]: query = regions, context = words
+    q_mask = None if region_ok is None else region_ok.transpose(-1, -2)  # [ni, 1, 1, R]
+    alpha = _attention(s, norm, lambda_softmax, word_ok.transpose(-1, -2), q_mask)  # [ni, nc, L, R]
+    gram = cap @ cap.transpose(1, 2)  # [nc, L, L]
+    rel = _relevance(alpha, s, gram, img.norm(dim=-1)[:, None], "clm,icmr->iclr")  # [ni, nc, R]
+    return _aggregate(rel, agg, lambda_lse, None if r_mask is None else r_mask[:, None])
+
+
+def _one_query(
+    images: torch.Tensor, region_lens: Any | None, words: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not isinstance(words, torch.Tensor) or words.ndim != 2:
+        raise ValueError(
+            f"words must be a 2-D [L, d] tensor (one caption, true length); got {getattr(words, 'shape', type(words))}"
+        )
+    _validate_pair(images, words[None])
+    n_image, n_region, _ = images.shape
+    if region_lens is None:
+        return (images @ words.t())[:, None], None  # [ni, 1, R, L]
+    reg_len = _lengths("region_lens", region_lens, n_image, n_region, images.device)
+    mask = torch.arange(n_region, device=images.device)[None, :] < reg_len[:, None]  # [ni, R]
+    return (images @ words.t())[:, None], mask
+
+
+def xattn_t2i_attention(
+    images: torch.Tensor,
+    region_lens: Any | None,
+    words: torch.Tensor,
+    *,
+    raw_feature_norm: RawNorm = "clipped_l2norm",
+    lambda_softmax: float = 9.0,
+) -> torch.Tensor:
+    """Text-to-image attention weights of one caption over the regions of each image (for heatmaps).
+
+    Args:
+        images: ``FloatTensor[n_image, R, d]`` L2-normalised region vectors.
+        region_lens: ``int[n_image]`` valid regions per image, or None.
+        words: ``FloatTensor[L, d]`` L2-normalised word vectors of one caption, true length only.
+        raw_feature_norm / lambda_softmax: as in :func:`xattn_scores`.
+
+    Returns:
+        ``Tensor[n_image, L, R]``: ``α[i, j, r]``, the weight word ``j`` gives region ``r`` of image ``i``;
+        each ``[i, j, :]`` sums to 1 and padded regions are 0.
+    """
+    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    s, mask = _one_query(images, region_lens, words)  # [ni, 1, R, L]
+    ctx = None if mask is None else mask[:, None, :, None]
+    return _attention(s, raw_feature_norm, lambda_softmax, ctx, None)[:, 0].transpose(1, 2)
+
+
+def xattn_i2t_attention(
+    images: torch.Tensor,
+    region_lens: Any | None,
+    words: torch.Tensor,
+    *,
+    raw_feature_norm: RawNorm = "clipped_l2norm",
+    lambda_softmax: float = 4.0,
+) -> torch.Tensor:
+    """Image-to-text attention weights of each region over the words of one caption.
+
+    Args: as :func:`xattn_t2i_attention`.
+
+    Returns:
+        ``Tensor[n_image, R, L]``: ``α[i, r, j]``, the weight region ``r`` of image ``i`` gives word ``j``;
+        each row sums to 1 (rows of padded regions are computed but meaningless).
+    """
+    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    s, mask = _one_query(images, region_lens, words)
+    q_mask = None if mask is None else mask[:, None, None, :]
+    return _attention(s.transpose(-1, -2), raw_feature_norm, lambda_softmax, None, q_mask)[:, 0].transpose(1, 2)
+
+
+def mean_pool_scores(
+    images: torch.Tensor, captions: torch.Tensor, cap_lens: Any, *, region_lens: Any | None = None
+) -> torch.Tensor:
+    """Global-pooling baseline: cosine of the mean region vector and the mean word vector.
+
+    Args:
+        images / captions / cap_lens / region_lens: as in :func:`xattn_scores`.
+
+    Returns:
+        ``Tensor[n_image, n_caption]`` cosine similarities of ``l2norm(mean_r v_r)`` and ``l2norm(mean_w t_w)``.
+    """
+    _validate_pair(images, captions)
+    n_image, n_region, _ = images.shape
+    n_caption, max_len, _ = captions.shape
+    cap_len = _lengths("cap_lens", cap_lens, n_caption, max_len, images.device)
+    w_mask = (torch.arange(max_len, device=images.device)[None] < cap_len[:, None]).to(captions.dtype)
+    cap_vec = (captions * w_mask[..., None]).sum(1) / cap_len[:, None].to(captions.dtype)
+    if region_lens is None:
+        img_vec = images.mean(1)
+    else:
+        reg_len = _lengths("region_lens", region_lens, n_image, n_region, images.device)
+        r_mask = (torch.arange(n_region, device=images.device)[None] < reg_len[:, None]).to(images.dtype)
+        img_vec = (images * r_mask[..., None]).sum(1) / reg_len[:, None].to(images.dtype)
+    return l2norm(img_vec) @ l2norm(cap_vec).t()
+
+
+@dataclass(frozen=True)
+class ScanCfg:
+    """Architecture and scoring configuration of a SCAN model (reference ``train.py`` options).
+
+    ``bi_gru`` defaults to True because every published SCAN model was trained with ``--bi_gru``
+    (the reference flag defaults to False). ``direction`` / ``lambda_*`` / ``agg_func`` default to
+    the t2i LogSumExp model.
+    """
+
+    vocab_size: int
+    img_dim: int = 2048
+    embed_size: int = 1024
+    word_dim: int = 300
+    num_layers: int = 1
+    bi_gru: bool = True
+    direction: Direction = "t2i"
+    raw_feature_norm: RawNorm = "clipped_l2norm"
+    agg_func: Agg = "LogSumExp"
+    lambda_softmax: float = 9.0
+    lambda_lse: float = 6.0
+    no_imgnorm: bool = False
+    no_txtnorm: bool = False
+    weight_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "img_dim", "embed_size", "word_dim", "num_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ScanCfg.{name} must be >= 1; got {getattr(self, name)}")
+        if self.vocab_size < 5:
+            raise ValueError(f"ScanCfg.vocab_size must count the 4 special tokens plus words; got {self.vocab_size}")
+        _check_choice("direction", self.direction, Direction)
+        _check_choice("raw_feature_norm", self.raw_feature_norm, RawNorm)
+        _check_choice("agg_func", self.agg_func, Agg)
+        if self.lambda_softmax <= 0 or self.lambda_lse <= 0:
+            raise ValueError(f"lambda_softmax and lambda_lse must be > 0; got {self.lambda_softmax}, {self.lambda_lse}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict (``ScanCfg(**d)`` rebuilds it)."""
+        return asdict(self)
+
+
+class ScanImageEncoder(nn.Module):
+    """SCAN's precomputed-feature image encoder: one affine map per region, then SCAN's L2 norm.
+
+    ``weight_norm=False`` (``precomp_enc_type basic``): weights uniform in ``±√6/√(in + out)``, bias 0.
+    ``weight_norm=True``: the layer under weight normalisation with one scale for the whole matrix
+    and PyTorch's default Linear init (the reference does not re-initialise that variant).
+
+    Args:
+        img_dim: input feature size (2048 for bottom-up features).
+        embed_size: joint space size.
+        no_imgnorm: skip the final normalisation.
+        weight_norm: use the weight-normalised layer.
+    """
+
+    def __init__(self, img_dim: int = 2048, embed_size: int = 1024, *, no_imgnorm: bool = False, weight_norm: bool = False) -> None:
+        super().__init__()
+        self.no_imgnorm = no_imgnorm
+        fc = nn.Linear(img_dim, embed_size)
+        if weight_norm:
+            self.fc: nn.Module = nn.utils.parametrizations.weight_norm(fc, dim=None)
+        else:
+            bound = math.sqrt(6.0) / math.sqrt(img_dim + embed_size)
+            nn.init.uniform_(fc.weight, -bound, bound)
+            nn.init.zeros_(fc.bias)
+            self.fc = fc
+
+    def forward(self, region_feats: torch.Tensor) -> torch.Tensor:
+        """``FloatTensor[B, R, img_dim]`` → ``FloatTensor[B, R, embed_size]`` (L2-normalised per region)."""
+        emb = self.fc(region_feats)
+        return emb if self.no_imgnorm else l2norm(emb)
+
+
+class ScanTextEncoder(nn.Module):
+    """SCAN's text encoder: word embedding (init ``U(-0.1, 0.1)``) → GRU over packed sequences → L2 norm per word.
+
+    With ``bi_gru`` the forward and backward outputs are **averaged** (reference), not concatenated.
+
+    Args:
+        vocab_size: number of word ids.
+        word_dim: word embedding size (300).
+        embed_size: GRU hidden size = joint space size.
+        num_layers: GRU layers.
+        bi_gru: bidirectional GRU.
+        no_txtnorm: skip the final normalisation.
+    """
+
+    def __init__(
+        self, vocab_size: int, word_dim: int = 300, embed_size: int = 1024, *, num_layers: int = 1,
+        bi_gru: bool = True, no_txtnorm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=bi_gru)
+        self.bi_gru = bi_gru
+        self.no_txtnorm = no_txtnorm
+        self.embed_size = embed_size
+
+    def forward(self, cap_tokens: torch.Tensor, cap_lens: Any) -> torch.Tensor:
+        """``LongTensor[B, L]`` token ids and ``int[B]`` lengths → ``FloatTensor[B, L, embed_size]``.
+
+        Positions beyond a caption's length are zero.
+        """
+        if cap_tokens.ndim != 2 or cap_tokens.dtype != torch.long:
+            raise ValueError(f"cap_tokens must be a LongTensor[B, L]; got {cap_tokens.dtype} {tuple(cap_tokens.shape)}")
+        lens = _lengths("cap_lens", cap_lens, cap_tokens.shape[0], cap_tokens.shape[1], torch.device("cpu"))
+        packed = pack_padded_sequence(self.embed(cap_tokens), lens, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        emb, _ = pad_packed_sequence(out, batch_first=True, total_length=cap_tokens.shape[1])  # [B, L, H or 2H]
+        if self.bi_gru:
+            emb = (emb[..., : self.embed_size] + emb[..., self.embed_size :]) / 2
+        return emb if self.no_txtnorm else l2norm(emb)
+
+
+class ScanModel(nn.Module):
+    """SCAN: region encoder + word encoder + stacked cross attention scorer.
+
+    Args:
+        vocab_size: vocabulary size (see :mod:`encoders.vocab`).
+        img_dim / embed_size / word_dim / num_layers / bi_gru / no_imgnorm / no_txtnorm / weight_norm:
+            encoder architecture (:class:`ScanCfg`).
+        direction / raw_feature_norm / agg_func / lambda_softmax / lambda_lse: scorer (:func:`xattn_scores`).
+        chunk_size: image-caption pairs scored at once (memory bound; not part of the config).
+
+    The configuration is available as ``model.cfg`` (a frozen :class:`ScanCfg`).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        img_dim: int = 2048,
+        embed_size: int = 1024,
+        word_dim: int = 300,
+        num_layers: int = 1,
+        bi_gru: bool = True,
+        direction: Direction = "t2i",
+        raw_feature_norm: RawNorm = "clipped_l2norm",
+        agg_func: Agg = "LogSumExp",
+        lambda_softmax: float = 9.0,
+        lambda_lse: float = 6.0,
+        no_imgnorm: bool = False,
+        no_txtnorm: bool = False,
+        weight_norm: bool = False,
+        chunk_size: int = _DEFAULT_CHUNK,
+    ) -> None:
+        super().__init__()
+        self.cfg = ScanCfg(
+            vocab_size=vocab_size, img_dim=img_dim, embed_size=embed_size, word_dim=word_dim, num_layers=num_layers,
+            bi_gru=bi_gru, direction=direction, raw_feature_norm=raw_feature_norm, agg_func=agg_func,
+            lambda_softmax=lambda_softmax, lambda_lse=lambda_lse, no_imgnorm=no_imgnorm, no_txtnorm=no_txtnorm,
+            weight_norm=weight_norm,
+        )
+        self.chunk_size = chunk_size
+        self.image_encoder = ScanImageEncoder(img_dim, embed_size, no_imgnorm=no_imgnorm, weight_norm=weight_norm)
+        self.text_encoder = ScanTextEncoder(
+            vocab_size, word_dim, embed_size, num_layers=num_layers, bi_gru=bi_gru, no_txtnorm=no_txtnorm
+        )
+
+    @classmethod
+    def from_cfg(
+        cls, cfg: ScanCfg, *, weights: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
+        chunk_size: int = _DEFAULT_CHUNK,
+    ) -> ScanModel:
+        """Build a model from a :class:`ScanCfg`, randomly initialised or from a local ``state_dict`` file.
+
+        Args:
+            cfg: the configuration.
+            weights: path to a ``torch.save(model.state_dict())`` file, or None for random init (never downloads).
+            device: where to put the model.
+            chunk_size: see :class:`ScanModel`.
+
+        Raises:
+            FileNotFoundError: if ``weights`` does not exist.
+        """
+        model = cls(**cfg.to_dict(), chunk_size=chunk_size)
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"SCAN weights file {str(path)!r} does not exist; pass a local state_dict path")
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(device)
+
+    def encode_images(self, region_feats: torch.Tensor) -> torch.Tensor:
+        """``FloatTensor[B, R, img_dim]`` → ``FloatTensor[B, R, embed_size]``."""
+        return self.image_encoder(region_feats)
+
+    def encode_captions(self, cap_tokens: torch.Tensor, cap_lens: Any) -> torch.Tensor:
+        """``LongTensor[B, L]`` → ``FloatTensor[B, L, embed_size]`` (zeros beyond each length)."""
+        return self.text_encoder(cap_tokens, cap_lens)
+
+    def score(
+        self, img_emb: torch.Tensor, region_lens: Any | None, cap_emb: torch.Tensor, cap_lens: Any
+    ) -> torch.Tensor:
+        """Scores ``[n_image, n_caption]`` of encoded images and captions with this model's scorer."""
+        c = self.cfg
+        return xattn_scores(
+            img_emb, cap_emb, cap_lens, direction=c.direction, raw_feature_norm=c.raw_feature_norm,
+            agg_func=c.agg_func, lambda_softmax=c.lambda_softmax, lambda_lse=c.lambda_lse,
+            region_lens=region_lens, chunk_size=self.chunk_size,
+        )
+
+    def forward(
+        self, region_feats: torch.Tensor, region_lens: Any | None, cap_tokens: torch.Tensor, cap_lens: Any
+    ) -> torch.Tensor:
+        """Score every image of the batch against every caption.
+
+        Args:
+            region_feats: ``FloatTensor[B_img, R, img_dim]`` region features (zero-padded).
+            region_lens: ``int[B_img]`` valid regions per image, or None when all R are valid.
+            cap_tokens: ``LongTensor[B_cap, L]`` token ids (``<start> ... <end>``, ``<pad>``-padded).
+            cap_lens: ``int[B_cap]`` caption lengths including ``<start>`` and ``<end>``.
+
+        Returns:
+            ``FloatTensor[B_img, B_cap]`` similarity scores.
+        """
+        return self.score(self.encode_images(region_feats), region_lens, self.encode_captions(cap_tokens, cap_lens), cap_lens)
+
+
+class MeanPoolBaseline(ScanModel):
+    """SCAN's encoders with a global-pooling scorer (:func:`mean_pool_scores`) instead of cross attention.
+
+    A bag-of-regions baseline: it cannot tell two images apart whose regions differ only in which
+    attribute goes with which object. Same constructor as :class:`ScanModel` (scorer options unused).
+    """
+
+    def score(
+        self, img_emb: torch.Tensor, region_lens: Any | None, cap_emb: torch.Tensor, cap_lens: Any
+    ) -> torch.Tensor:
+        """Cosine of mean region and mean word vectors, ``[n_image, n_caption]``."""
+        return mean_pool_scores(img_emb, cap_emb, cap_lens, region_lens=region_lens)
