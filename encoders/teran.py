@@ -264,8 +264,8 @@ def region_batch(records: Sequence[RegionRecord], *, reserved_slot: bool = True)
     lengths = torch.zeros(len(records), dtype=torch.long)
     for i, rec in enumerate(records):
         n = rec.num_regions
-        feats[i, off : off + n] = torch.from_numpy(np.asarray(rec.features, dtype=np.float32))
-        boxes = torch.from_numpy(np.asarray(rec.boxes, dtype=np.float32))
+        feats[i, off : off + n] = torch.tensor(np.asarray(rec.features, dtype=np.float32))
+        boxes = torch.tensor(np.asarray(rec.boxes, dtype=np.float32))
         size = torch.tensor([float(rec.width), float(rec.height)])
         spatial[i, off : off + n] = spatial_features(boxes, size.expand(n, 2))
         lengths[i] = off + n
@@ -601,7 +601,7 @@ def create_encoder(
         ValueError: unknown name or config keys (the message lists the known ones).
         FileNotFoundError: ``weights`` or ``text_model_path`` does not exist.
     """
-    if weights is not None:
+    if weights is not None and Path(weights).is_dir():
         from encoders.checkpoint import load_model
 
         model = load_model(weights, device=device, text_model_path=text_model_path)
@@ -609,5 +609,19 @@ def create_encoder(
             raise ValueError(f"checkpoint {str(weights)!r} holds a {type(model).__name__}, not a TERAN model")
         return model
     cfg = load_teran_cfg(name_or_cfg)
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        if not Path(weights).is_file():
+            raise FileNotFoundError(
+                f"weights {str(weights)!r} does not exist; pass a checkpoint folder or a .safetensors file"
+            )
+        tokenizer, text_model = build_text_backbone(cfg, text_model_path, pretrained=False)
+        model = TeranModel(cfg, text_model, tokenizer)
+        try:
+            model.load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"weights {str(weights)!r} do not match config {cfg.name!r}: {exc}") from exc
+        return model.to(device).eval()
     tokenizer, text_model = build_text_backbone(cfg, text_model_path)
     return TeranModel(cfg, text_model, tokenizer).to(device)
