@@ -6,6 +6,7 @@ stage and every tool can read shards.
 
 from storage.captions import read_caption_table, read_karpathy_json, read_scan_captions, write_caption_table
 from storage.hashing import external_image_id, image_id_for_bytes, image_id_for_file, is_image_id
+from storage.locks import exclusive_lock
 from storage.importers import ImportReport, import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
 from storage.records import Caption, CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding, RegionRecord
 from storage.schema import (
@@ -44,6 +45,7 @@ __all__ = [
     "ShardStore",
     "ShardWriter",
     "StoreLockedError",
+    "exclusive_lock",
     "external_image_id",
     "image_id_for_bytes",
     "image_id_for_file",

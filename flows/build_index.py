@@ -1,0 +1,33 @@
+"""Flow ``build-index``: image embeddings -> a new version of the FAISS indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows import monitoring
+from flows.config import IndexConfig, Workspace
+from flows.tasks import build_index_task, update_index_task
+
+__all__ = ["build_index_flow", "index_report_rows"]
+
+
+def index_report_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per index of a manifest: type, size, measured recall, memory."""
+    rows = []
+    for kind, info in (manifest.get("indexes") or {}).items():
+        rows.append({
+            "index": kind, "spec": info.get("spec"), "vectors": info.get("ntotal"),
+            "recall_at_k": info.get("recall"), "k": info.get("k"), "search_param": info.get("search_params"),
+            "memory_mb": round(info.get("memory_bytes", 0) / 2**20, 2) if info.get("memory_bytes") else None,
+        })
+    return rows
+
+
+@flow(name="build-index")
+def build_index_flow(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None = None) -> dict[str, Any]:
+    """Rebuild the indexes from all embeddings, or (with ``image_ids``) add those incrementally."""
+    manifest = build_index_task(ws, cfg) if image_ids is None else update_index_task(ws, image_ids, cfg)
+    monitoring.table("index-stats", index_report_rows(manifest), f"index version {manifest.get('version')}")
+    return manifest

@@ -1,0 +1,337 @@
+"""The ``regionrank`` command line (typer). It parses, builds configs, calls flows/commands and prints.
+
+No logic lives here: see ``flows/commands.py`` and the flows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="regionrank: fine-grained image-text retrieval — extract regions, embed, index, search.")
+console = Console()
+err = Console(stderr=True)
+
+_WS = typer.Option(None, "--workspace", "-w", help="workspace folder [env REGIONRANK_WORKSPACE; default ./regionrank-workspace]")
+
+
+def _workspace(path: Optional[Path]) -> Any:
+    from flows.config import Settings, Workspace
+    from flows.runtime import configure_prefect_env
+
+    root = (path or Settings().workspace).expanduser().absolute()
+    configure_prefect_env(root)
+    return Workspace(root=root)
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    t = Table(title="run report", show_header=False)
+    for key in ("images", "stored", "extracted", "skipped_existing", "failed", "regions", "encoded", "index_version",
+                "extract_images_per_s", "encode_images_per_s", "wall_seconds"):
+        if key in rep and rep[key] is not None:
+            t.add_row(key.replace("_", " "), str(rep[key]))
+    console.print(t)
+    for f in rep.get("failures", [])[:20]:
+        console.print(f"[yellow]skipped[/] {f['uri']}: {f['reason']}")
+    for note in rep.get("notes", []):
+        console.print(f"[bold yellow]{note}[/]")
+
+
+def _print_hits(query: str, hits: list[Any]) -> None:
+    t = Table(title=f"results for {query!r}")
+    for col in ("#", "image", "score", "mrsw", "scan", "best region per word"):
+        t.add_column(col)
+    for i, h in enumerate(hits, 1):
+        words = ", ".join(f"{e.word}→{e.label or 'region ' + str(e.region)} ({e.weight:.2f})" for e in h.explanation[:6])
+        sc = h.stage_scores
+        t.add_row(str(i), Path(h.uri).name or h.image_id[:12], f"{h.score:.3f}", f"{sc.get('mrsw', float('nan')):.3f}",
+                  f"{sc['scan']:.3f}" if "scan" in sc else "-", words)
+    console.print(t)
+
+
+def _pipeline_config(images: list[Path], ws: Any, detector: Optional[str], detector_weights: Optional[Path],
+                     encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
+                     lock_timeout: float) -> Any:
+    from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Settings
+    from flows.pipeline import load_workspace_config
+
+    s = Settings()
+    try:
+        old_ext, old_enc, old_idx = load_workspace_config(ws)
+    except FileNotFoundError:
+        old_ext, old_enc, old_idx = None, None, IndexConfig()
+    det = detector or (old_ext.detector if old_ext else s.detector)
+    ext = ExtractConfig(detector=det, weights=detector_weights or (old_ext.weights if old_ext else s.detector_weights),
+                        device=device or s.device)
+    enc_name = encoder or (old_enc.encoder if old_enc else ("grounded" if det == "ssd-mobilenet-coco" else "teran"))
+    enc = EncodeConfig(encoder=enc_name, checkpoint=checkpoint or (old_enc.checkpoint if old_enc else s.encoder_checkpoint),
+                       device=device or s.device)
+    return PipelineConfig(images=images, workspace=ws, extract=ext, encode=enc, index=old_idx,
+                          dask_address=dask or s.dask_address, lock_timeout=lock_timeout)
+
+
+def _run(images: list[Path], workspace: Optional[Path], incremental: bool, detector: Optional[str], detector_weights: Optional[Path],
+         encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
+         no_orchestrator: bool, lock_timeout: float) -> dict[str, Any]:
+    from flows import commands
+
+    ws = _workspace(workspace)
+    try:
+        cfg = _pipeline_config(images, ws, detector, detector_weights, encoder, checkpoint, device, dask, lock_timeout)
+        if no_orchestrator and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            with Progress(console=err) as bar:
+                tasks: dict[str, Any] = {}
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        tasks[stage] = bar.add_task(stage, total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+
+                return commands.run_pipeline(cfg, incremental=incremental, orchestrate=False, progress=progress)
+        with err.status(f"running the {'reindex' if incremental else 'index-images'} flow (Prefect; logs below)..."):
+            return commands.run_pipeline(cfg, incremental=incremental, orchestrate=not no_orchestrator)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        _fail(exc)
+        raise  # unreachable
+
+
+_DET = typer.Option(None, "--detector", help="detector name (see `regionrank detectors`) [env REGIONRANK_DETECTOR]")
+_DETW = typer.Option(None, "--detector-weights", help="local detector weights file [env REGIONRANK_DETECTOR_WEIGHTS]")
+_ENC = typer.Option(None, "--encoder", help="'grounded' (zero-shot) or 'teran' (trained checkpoint)")
+_CKPT = typer.Option(None, "--checkpoint", help="TERAN checkpoint folder [env REGIONRANK_ENCODER_CHECKPOINT]")
+_DEV = typer.Option(None, "--device", help="auto | cpu | cuda[:N]")
+_DASK = typer.Option(None, "--dask", help="Dask scheduler address: run mapped stages on that cluster")
+_NOORCH = typer.Option(False, "--no-orchestrator", help="run the stages as plain library calls, without Prefect")
+_LOCKT = typer.Option(0.0, "--wait", help="seconds to wait if another run holds the workspace")
+
+
+@app.command("index")
+def index_cmd(images: list[Path] = typer.Argument(..., help="image folder(s) or files"), workspace: Optional[Path] = _WS,
+              detector: Optional[str] = _DET, detector_weights: Optional[Path] = _DETW, encoder: Optional[str] = _ENC,
+              checkpoint: Optional[Path] = _CKPT, device: Optional[str] = _DEV, dask: Optional[str] = _DASK,
+              no_orchestrator: bool = _NOORCH, wait: float = _LOCKT) -> None:
+    """Run the whole pipeline (extract -> encode -> index) over images."""
+    _print_report(_run(images, workspace, False, detector, detector_weights, encoder, checkpoint, device, dask, no_orchestrator, wait))
+
+
+@app.command("reindex")
+def reindex_cmd(images: list[Path] = typer.Argument(..., help="folder(s) or files holding a new batch of images"),
+                workspace: Optional[Path] = _WS, device: Optional[str] = _DEV, dask: Optional[str] = _DASK,
+                no_orchestrator: bool = _NOORCH, wait: float = _LOCKT) -> None:
+    """Add a new batch of images: only unseen images are processed; a new index version is published."""
+    _print_report(_run(images, workspace, True, None, None, None, None, device, dask, no_orchestrator, wait))
+
+
+@app.command("search")
+def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer.Option(10, "-k", help="results"),
+               explain: Optional[Path] = typer.Option(None, "--explain", help="write the top hit's per-word heatmap (PNG)"),
+               rerank_k: int = typer.Option(128, "--rerank-k", help="candidates re-ranked with SCAN (0 = off)"),
+               fusion: str = typer.Option("weighted", "--fusion", help="scan | mrsw | weighted"),
+               workspace: Optional[Path] = _WS) -> None:
+    """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank)."""
+    from flows import commands
+    from flows.config import SearchConfig
+
+    ws = _workspace(workspace)
+    try:
+        hits = commands.search(ws, text, SearchConfig(k=k, rerank_k=rerank_k, fusion=fusion), explain=explain)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    _print_hits(text, hits)
+    if explain is not None and hits:
+        console.print(f"heatmap of the top hit written to {explain}")
+
+
+@app.command("demo")
+def demo_cmd(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="default: a fresh temporary folder"),
+             no_orchestrator: bool = _NOORCH) -> None:
+    """The main job: index the sample photos with the pretrained demo detector and the zero-shot
+    label-grounded encoder on the embedded Prefect backend, then run a few searches."""
+    import tempfile
+
+    from flows import commands
+    from flows.config import SearchConfig
+
+    root = workspace or Path(tempfile.mkdtemp(prefix="regionrank-demo-"))
+    try:
+        photos = commands.demo_images()
+    except FileNotFoundError as exc:
+        _fail(exc)
+    console.print(f"indexing {photos} into workspace {root}")
+    rep = _run([photos], root, False, "ssd-mobilenet-coco", None, "grounded", None, None, None, no_orchestrator, 0.0)
+    _print_report(rep)
+    ws = _workspace(root)
+    for q in commands.DEMO_QUERIES:
+        _print_hits(q, commands.search(ws, q, SearchConfig(k=3)))
+    console.print(
+        "This demo uses a COCO SSD detector and the zero-shot label-grounded encoder (a baseline, not TERAN). "
+        "For bottom-up features and a trained TERAN model: regionrank index DIR --detector-weights PATH --checkpoint DIR."
+    )
+
+
+@app.command("status")
+def status_cmd(workspace: Optional[Path] = _WS, runs: int = typer.Option(10, "--runs", help="recent flow runs to list")) -> None:
+    """What is stored, the index versions, and recent flow runs."""
+    from flows import commands
+
+    st = commands.status(_workspace(workspace), recent_runs=runs)
+    console.print_json(data=st, default=str)
+
+
+@app.command("detectors")
+def detectors_cmd() -> None:
+    """List the registered detectors."""
+    from extractors import list_detectors
+
+    for name in list_detectors():
+        console.print(name)
+
+
+@app.command("train")
+def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
+              model: str = typer.Option("teran-coco", "--model", help="teran-coco | teran-f30k | teran-tiny | scan"),
+              out: Optional[Path] = typer.Option(None, "--out", help="checkpoint folder [default: WORKSPACE/checkpoints/MODEL]"),
+              epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+              lr: Optional[float] = typer.Option(None), seed: int = typer.Option(0), device: str = typer.Option("auto"),
+              workspace: Optional[Path] = _WS) -> None:
+    """Train TERAN or SCAN on the workspace's region shards (a checkpoint every epoch; resumes after a crash)."""
+    from flows.runtime import fast_flow_settings
+
+    ws = _workspace(workspace)
+    try:
+        cap = _caption_table(captions, ws)
+        from flows.train import train_flow
+
+        with fast_flow_settings():
+            res = train_flow(ws, str(cap), model=model, out_dir=str(out) if out else None, epochs=epochs,
+                             batch_size=batch_size, lr=lr, seed=seed, device=device)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    t = Table(title=f"training {res['model']}")
+    for col in ("epoch", "loss", "lr", "seconds", "val rsum"):
+        t.add_column(col)
+    for e in res["epochs"]:
+        t.add_row(str(e["epoch"]), f"{e['loss']:.4f}", f"{e['lr']:.2e}", f"{e['seconds']:.1f}",
+                  f"{(e.get('val') or {}).get('rsum', float('nan')):.1f}")
+    console.print(t)
+    console.print(f"checkpoint: {res['checkpoint']}")
+
+
+def _caption_table(captions: Path, ws: Any) -> Path:
+    """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it)."""
+    from storage import read_karpathy_json, write_caption_table
+
+    if captions.suffix == ".parquet":
+        return captions
+    images_root = captions.parent / "images"
+    rows = read_karpathy_json(captions, images_root=images_root if images_root.is_dir() else None)
+    return write_caption_table(ws.captions, rows)
+
+
+@app.command("evaluate")
+def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
+                 captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
+                 split: str = typer.Option("test", "--split"), protocol: Optional[str] = typer.Option(None, "--protocol",
+                 help="coco1k | coco5k | f30k1k (default: all images of the split)"),
+                 device: str = typer.Option("auto"), workspace: Optional[Path] = _WS) -> None:
+    """Image-to-text and text-to-image R@1/5/10, medr, meanr and rsum of a checkpoint."""
+    from flows.runtime import fast_flow_settings
+
+    ws = _workspace(workspace)
+    try:
+        cap = _caption_table(captions, ws)
+        from flows.train import evaluate_flow
+
+        with fast_flow_settings():
+            res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    t = Table(title=f"evaluation on {split}")
+    for col in ("direction", "R@1", "R@5", "R@10", "medr", "meanr"):
+        t.add_column(col)
+    for d in ("i2t", "t2i"):
+        m = res[d]
+        t.add_row(d, *(f"{m[k]:.1f}" for k in ("r1", "r5", "r10", "medr", "meanr")))
+    console.print(t)
+    console.print(f"rsum {res['rsum']:.1f}")
+
+
+@app.command("import-features")
+def import_cmd(fmt: str = typer.Argument(..., help="scan-precomp | tsv | tsv-airsplay | milvlg-npz"),
+               paths: list[Path] = typer.Argument(..., help="SCAN precomp folder, TSV file(s), or npz folder"),
+               split: str = typer.Option("test", help="SCAN split (train, dev, test, testall)"),
+               namespace: str = typer.Option("coco", help="id namespace of the source dataset (coco, f30k)"),
+               workspace: Optional[Path] = _WS) -> None:
+    """Import region features you already hold (SCAN precomp, bottom-up TSV, MILVLG npz)."""
+    from flows.runtime import fast_flow_settings
+
+    ws = _workspace(workspace)
+    try:
+        from flows.train import import_features_flow
+
+        with fast_flow_settings():
+            res = import_features_flow(ws, fmt, [str(p) for p in paths], split=split, namespace=namespace)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"imported {res['written']} images ({res['skipped']} already stored, {res['failed']} failed)")
+
+
+@app.command("serve")
+def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a schedule"),
+              cron: Optional[str] = typer.Option(None, help="cron schedule of the reindex, e.g. '*/10 * * * *'"),
+              interval: Optional[float] = typer.Option(None, help="reindex every INTERVAL seconds"),
+              server: bool = typer.Option(True, "--server/--embedded",
+                                          help="start a local Prefect server with the UI (default) or use the embedded backend"),
+              database_url: Optional[str] = typer.Option(None, help="Postgres URL for the server (default SQLite)"),
+              port: Optional[int] = typer.Option(None, help="server port (default: a free one)"),
+              workspace: Optional[Path] = _WS) -> None:
+    """Create the deployments (scheduled reindex of WATCH, on-demand pipeline and evaluate) and serve them."""
+    from flows.pipeline import load_workspace_config
+
+    ws = _workspace(workspace)
+    try:
+        extract, encode, index = load_workspace_config(ws)
+    except FileNotFoundError:
+        extract, encode, index = None, None, None
+    srv = None
+    if server and "PREFECT_API_URL" not in os.environ:
+        from flows.server import start_local_server
+
+        srv = start_local_server(Path(os.environ["PREFECT_HOME"]), port=port, database_url=database_url)
+        os.environ["PREFECT_API_URL"] = srv.api_url
+        console.print(f"Prefect UI: {srv.ui_url}  (API {srv.api_url}; server log {srv.log_path})")
+    try:
+        from flows.serve import make_deployments, serve_deployments
+
+        deployments = make_deployments(ws, watch, cron=cron, interval=interval, extract=extract, encode=encode, index=index)
+        serve_deployments(deployments)
+    except ValueError as exc:
+        _fail(exc)
+    finally:
+        if srv is not None:
+            srv.stop()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""What each ``regionrank`` subcommand does, as plain functions (the CLI only parses and prints).
+
+Functions that run a pipeline call the Prefect flow (``orchestrate=True``, the default,
+on the embedded backend unless ``PREFECT_API_URL`` points at a server) or the same
+stages as plain library calls (``orchestrate=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
+
+__all__ = ["DEMO_QUERIES", "demo_images", "run_pipeline", "search", "status"]
+
+log = logging.getLogger(__name__)
+
+DEMO_QUERIES = ["a cat", "a cup of coffee on a table", "a woman in uniform", "a man holding a camera"]
+
+
+def demo_images() -> Path:
+    """The sample photos shipped in the repository (``examples/photos``)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "photos"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"sample photos not found at {path}: `regionrank demo` runs from a source checkout; "
+            f"use `regionrank index DIR` on your own images instead"
+        )
+    return path
+
+
+def run_pipeline(cfg: PipelineConfig, *, incremental: bool, orchestrate: bool = True,
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run extract -> encode -> index over ``cfg.images``.
+
+    Returns:
+        The run report (counts, throughput, index version, failures, random-init notices).
+    """
+    if orchestrate:
+        from flows.pipeline import index_images_flow, reindex_flow
+        from flows.runtime import fast_flow_settings
+
+        with fast_flow_settings():
+            if incremental:
+                return reindex_flow(cfg)
+            return index_images_flow(cfg)
+    return _run_direct(cfg, progress)
+
+
+def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """The pipeline without Prefect: the same library calls, in this process."""
+    import time
+
+    from encoders.embed import encode_images
+    from extractors import extract
+    from flows import components
+    from flows.components import is_random_init
+    from flows.pipeline import expand_images, save_workspace_config
+    from index import add_images, build_indexes, versions
+    from storage import ImageEmbeddingStore, RegionStore, exclusive_lock, image_id_for_file
+
+    ws = cfg.workspace
+    t0 = time.perf_counter()
+    images = expand_images(cfg.images)
+    save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
+    with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
+        ext = extract(images, ws.regions, detector=components.load_detector(cfg.extract), batch_size=cfg.extract.batch_size,
+                      num_workers=cfg.extract.num_workers, rows_per_shard=cfg.extract.rows_per_shard,
+                      progress=(lambda d, t: progress("extract", d, t)) if progress else None)
+        ids = []
+        for p in images:
+            try:
+                ids.append(image_id_for_file(p))
+            except OSError:
+                continue
+        stored = set(RegionStore(ws.regions).ids())
+        ids = [i for i in dict.fromkeys(ids) if i in stored]
+        enc = encode_images(components.load_image_encoder(cfg.encode, cfg.extract.detector), ws.regions, ws.image_embeddings,
+                            image_ids=ids, batch_size=cfg.encode.batch_size,
+                            device=components.resolve_device(cfg.encode.device),
+                            progress=(lambda d, t: progress("encode", d, t)) if progress else None)
+        if versions(ws.index_dir):
+            manifest = add_images(ws.index_dir, ImageEmbeddingStore(ws.image_embeddings), ids)
+        else:
+            manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.index.kinds, memory_budget=cfg.index.memory_budget,
+                                     target_recall=cfg.index.target_recall, seed=cfg.index.seed)
+    return {
+        "images": len(images), "stored": len(ids), "extracted": ext.n_extracted, "skipped_existing": ext.n_skipped_existing,
+        "failed": ext.n_failed, "encoded": enc.written, "index_version": manifest.version,
+        "wall_seconds": round(time.perf_counter() - t0, 2), "failures": ext.failures,
+        "notes": is_random_init(cfg.extract, cfg.encode),
+    }
+
+
+def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None = None) -> list[Any]:
+    """Two-stage text-to-image search in a workspace; optionally render the top hit's heatmap."""
+    from flows.components import make_searcher
+    from flows.pipeline import load_workspace_config
+
+    extract, encode, _ = load_workspace_config(ws)
+    hits = make_searcher(ws, encode, extract.detector, cfg).search(text, k=cfg.k)
+    if explain is not None and hits:
+        from index import render_heatmap
+
+        render_heatmap(hits[0].uri, hits[0], explain)
+    return hits
+
+
+def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:
+    """What is stored, the index versions, and recent flow runs."""
+    from index import versions
+    from storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
+
+    out: dict[str, Any] = {"workspace": str(ws.root)}
+    if (ws.root / "regionrank.json").exists():
+        out["config"] = json.loads((ws.root / "regionrank.json").read_text())
+    regions = RegionStore(ws.regions)
+    out["regions"] = {"images": len(regions), "feature_dim": regions.feature_dim, "failures": len(regions.failures()),
+                      "shards": len(regions.shard_names())}
+    emb = ImageEmbeddingStore(ws.image_embeddings)
+    out["image_embeddings"] = {"images": len(emb), "embed_dim": emb.embed_dim}
+    caps = CaptionEmbeddingStore(ws.caption_embeddings)
+    out["caption_embeddings"] = {"captions": len(caps)}
+    try:
+        out["index_versions"] = [
+            {"version": m.version, "created_at": m.created_at, "items": m.n_items, "history": m.history[-1:] if m.history else []}
+            for m in versions(ws.index_dir)
+        ]
+    except FileNotFoundError:
+        out["index_versions"] = []
+    out["recent_runs"] = _recent_runs(recent_runs)
+    return out
+
+
+def _recent_runs(limit: int) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=limit, sort=FlowRunSort.START_TIME_DESC)
+        flows = {f.id: f.name for f in client.read_flows(limit=200)}
+    return [
+        {"flow": flows.get(r.flow_id, "?"), "run": r.name, "state": r.state_name,
+         "start": r.start_time.isoformat(timespec="seconds") if r.start_time else None,
+         "seconds": round(r.total_run_time.total_seconds(), 1) if r.total_run_time else None}
+        for r in runs
+    ]

@@ -1,0 +1,131 @@
+"""Builds the library objects a run needs (detectors, encoders, searchers), cached per process.
+
+This is composition only: which library object serves which configuration. Models are
+loaded inside tasks through these caches, so a mapped task never ships a model and a
+worker loads each model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from flows.config import EncodeConfig, ExtractConfig, SearchConfig, Workspace
+from flows.device import resolve_device
+
+__all__ = [
+    "RANDOM_INIT_NOTICE",
+    "is_random_init",
+    "load_detector",
+    "load_image_encoder",
+    "load_query_encoder",
+    "make_searcher",
+]
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT_NOTICE = (
+    "NOTE: {what} is RANDOMLY INITIALISED because no weights were given, so its results are "
+    "meaningless. Point regionrank at real weights with {how}."
+)
+
+_DEMO_DETECTORS = {"ssd-mobilenet-coco"}
+
+
+def is_random_init(extract: ExtractConfig, encode: EncodeConfig) -> list[str]:
+    """Plain-language notices for every randomly initialised model in this configuration."""
+    notes = []
+    if extract.weights is None and extract.detector not in _DEMO_DETECTORS:
+        notes.append(RANDOM_INIT_NOTICE.format(
+            what=f"the detector {extract.detector!r}",
+            how="--detector-weights PATH (a converted bottom-up checkpoint such as MILVLG's bua-caffe-frcn-r101_with_attributes.pth)"
+                " or REGIONRANK_DETECTOR_WEIGHTS, or use --detector ssd-mobilenet-coco (pretrained, from the demo extra)"))
+    if encode.encoder == "teran" and encode.checkpoint is None:
+        notes.append(RANDOM_INIT_NOTICE.format(
+            what=f"the TERAN encoder {encode.model_name!r}",
+            how="--checkpoint DIR (a folder written by `regionrank train`) or REGIONRANK_ENCODER_CHECKPOINT,"
+                " or use --encoder grounded (zero-shot, no training needed)"))
+    return notes
+
+
+@functools.lru_cache(maxsize=2)
+def _detector(name: str, weights: str | None, device: str, seed: int) -> Any:
+    from extractors import get_detector
+
+    opts: dict[str, Any] = {}
+    if weights is None and name not in _DEMO_DETECTORS:
+        opts["seed"] = seed
+    return get_detector(name, weights=weights, device=device, **opts)
+
+
+def load_detector(cfg: ExtractConfig) -> Any:
+    """The detector for ``cfg``, loaded once per process."""
+    return _detector(cfg.detector, str(cfg.weights) if cfg.weights else None, resolve_device(cfg.device), cfg.seed)
+
+
+def label_names_for(detector: str) -> dict[int, str]:
+    """Class-id -> label map of a detector, for the label-grounded encoder."""
+    from extractors.labels import coco_label_names
+
+    if detector == "ssd-mobilenet-coco" or detector.startswith("torchvision-"):
+        return coco_label_names()
+    raise ValueError(
+        f"the label-grounded encoder needs class names for detector {detector!r}; it knows the COCO detectors "
+        f"(ssd-mobilenet-coco, torchvision-frcnn-r50-fpn). For butd-r101-c4 pass the Visual Genome vocab files."
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _grounded(text_model_path: str | None, detector: str, device: str) -> Any:
+    from encoders.grounded import GroundedEncoder
+
+    return GroundedEncoder(text_model_path=text_model_path, label_names=label_names_for(detector), device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _teran(checkpoint: str | None, model_name: str, text_model_path: str | None, device: str, seed: int) -> Any:
+    import torch
+
+    from encoders.checkpoint import load_model
+    from encoders.teran import create_encoder
+
+    if checkpoint is not None:
+        return load_model(checkpoint, text_model_path=text_model_path, device=device)
+    torch.manual_seed(seed)
+    return create_encoder(model_name, weights=None, text_model_path=text_model_path, device=device)
+
+
+def load_image_encoder(cfg: EncodeConfig, detector: str) -> Any:
+    """The image-side encoder for ``cfg`` (grounded baseline or TERAN), loaded once per process."""
+    device = resolve_device(cfg.device)
+    tmp = str(cfg.text_model_path) if cfg.text_model_path else None
+    if cfg.encoder == "grounded":
+        return _grounded(tmp, detector, device)
+    return _teran(str(cfg.checkpoint) if cfg.checkpoint else None, cfg.model_name, tmp, device, cfg.seed)
+
+
+def load_query_encoder(cfg: EncodeConfig, detector: str) -> Any:
+    """An object with ``encode_query(text) -> QueryEmbedding`` (index.QueryEncoder protocol)."""
+    from encoders.adapters import GroundedQueryEncoder, TeranQueryEncoder
+
+    model = load_image_encoder(cfg, detector)
+    return GroundedQueryEncoder(model) if cfg.encoder == "grounded" else TeranQueryEncoder(model)
+
+
+def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig) -> Any:
+    """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and SCAN re-ranker."""
+    from encoders.adapters import ScanReranker
+    from index import Searcher
+
+    reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax) if search.rerank_k > 0 else None
+    return Searcher(
+        ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector), reranker=reranker,
+        rerank_k=search.rerank_k, fusion=search.fusion if reranker is not None else "mrsw",
+        fusion_weight=search.fusion_weight,
+    )
+
+
+def workspace_of(root: str | Path) -> Workspace:
+    return Workspace(root=Path(root).expanduser().absolute())

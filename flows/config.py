@@ -1,0 +1,154 @@
+"""Run configurations (pydantic) and user settings (``REGIONRANK_*`` environment variables).
+
+Library code never sees these objects: tasks unpack them into explicit keyword
+arguments. Architecture configs live in ``encoders/model_configs/`` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "EncodeConfig",
+    "ExtractConfig",
+    "IndexConfig",
+    "PipelineConfig",
+    "SearchConfig",
+    "Settings",
+    "Workspace",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Workspace(_Frozen):
+    """Where one regionrank collection lives; every stage's output has a fixed place in it."""
+
+    root: Path
+
+    @property
+    def regions(self) -> Path:
+        return self.root / "regions"
+
+    @property
+    def image_embeddings(self) -> Path:
+        return self.root / "embeddings" / "images"
+
+    @property
+    def caption_embeddings(self) -> Path:
+        return self.root / "embeddings" / "captions"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def caption_index_dir(self) -> Path:
+        return self.root / "caption-index"
+
+    @property
+    def captions(self) -> Path:
+        return self.root / "captions.parquet"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".pipeline.lock"
+
+
+class ExtractConfig(_Frozen):
+    """Region extraction: which detector, which weights, how to batch."""
+
+    detector: str = "butd-r101-c4"
+    weights: Path | None = None
+    device: str = "auto"
+    batch_size: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+    images_per_task: int = Field(64, ge=1, description="images per mapped task (one shard-sized unit of work)")
+    rows_per_shard: int = Field(256, ge=1)
+    seed: int = 0
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"detector weights file not found: {v}; pass the local path of a .pth/.pkl/.safetensors file")
+        return v
+
+
+class EncodeConfig(_Frozen):
+    """Embedding: the zero-shot label-grounded baseline, or a trained TERAN checkpoint."""
+
+    encoder: Literal["grounded", "teran"] = "grounded"
+    checkpoint: Path | None = None
+    model_name: str = "teran-coco"
+    text_model_path: Path | None = None
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+    images_per_task: int = Field(256, ge=1)
+    seed: int = 0
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"encoder checkpoint not found: {v}; pass a folder written by `regionrank train`")
+        return v
+
+
+class IndexConfig(_Frozen):
+    """FAISS indexes: chosen and tuned automatically under a memory budget and a recall target."""
+
+    memory_budget: str = "4G"
+    target_recall: float = Field(0.95, gt=0, le=1)
+    kinds: tuple[Literal["global", "region"], ...] = ("global", "region")
+    ngpu: int | Literal["auto"] = "auto"
+    seed: int = 0
+
+
+class SearchConfig(_Frozen):
+    """Two-stage search: ANN candidates, exact TERAN alignment, SCAN re-rank."""
+
+    k: int = Field(10, ge=1)
+    rerank_k: int = Field(128, ge=0, description="top images re-ranked with SCAN (0 = no re-ranking)")
+    fusion: Literal["scan", "mrsw", "weighted"] = "weighted"
+    fusion_weight: float = Field(0.5, ge=0, le=1, description="weight of the SCAN score in 'weighted' fusion")
+    lambda_softmax: float = 9.0
+
+
+class PipelineConfig(_Frozen):
+    """The whole pipeline over one image folder (or list)."""
+
+    images: list[Path]
+    workspace: Workspace
+    extract: ExtractConfig = ExtractConfig()
+    encode: EncodeConfig = EncodeConfig()
+    index: IndexConfig = IndexConfig()
+    dask_address: str | None = None
+    lock_timeout: float = Field(0.0, ge=0, description="seconds to wait for another run on the same workspace")
+
+
+class Settings(BaseSettings):
+    """User-level defaults, from ``REGIONRANK_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="REGIONRANK_", extra="ignore")
+
+    workspace: Path = Path("regionrank-workspace")
+    device: str = "auto"
+    detector: str = "butd-r101-c4"
+    detector_weights: Path | None = None
+    encoder_checkpoint: Path | None = None
+    dask_address: str | None = None

@@ -1,0 +1,67 @@
+"""Flow ``extract-regions``: images -> region feature shards, fanned out over chunks of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows import monitoring
+from flows.config import ExtractConfig, Workspace
+from flows.tasks import chunks, extract_shard_task, hash_images_task
+
+__all__ = ["extract_regions_flow"]
+
+
+@flow(name="extract-regions", log_prints=False)
+def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -> dict[str, Any]:
+    """Extract regions for every image not stored yet; unreadable images are recorded and skipped.
+
+    Returns:
+        ``{"image_ids": [...stored ids of the inputs...], "extracted", "skipped", "failed", "failures", "seconds"}``.
+    """
+    logger = get_run_logger()
+    from storage import RegionStore
+
+    hashed = hash_images_task(images)
+    unreadable = [{"uri": h["path"], "reason": h["error"]} for h in hashed if "error" in h]
+    ok = [h for h in hashed if "image_id" in h]
+    store = RegionStore(ws.regions)
+    todo_ids = set(store.missing([h["image_id"] for h in ok]))
+    todo = [h["path"] for h in ok if h["image_id"] in todo_ids]
+    logger.info("%d images given, %d already stored, %d to extract, %d unreadable", len(images),
+                len(ok) - len(todo), len(todo), len(unreadable))
+    parts = chunks(todo, cfg.images_per_task)
+    progress = monitoring.Progress("extract-progress", len(parts), f"extract-regions: {len(todo)} images in {len(parts)} shards")
+    rows: list[dict[str, Any]] = []
+    failures = list(unreadable)
+    futures = extract_shard_task.map(parts, ws=ws, cfg=cfg) if parts else []
+    for i, fut in enumerate(futures):
+        res = fut.result()
+        failures += res.pop("failures")
+        stages = res.pop("stage_seconds")
+        rows.append({"shard": i, **res, **{f"{k}_s": v for k, v in stages.items()}})
+        progress.advance()
+    progress.finish()
+    monitoring.table("extract-shards", rows, "per-shard counts and stage timings")
+    monitoring.failures_table("extract-failures", failures)
+    stored_store = RegionStore(ws.regions)
+    ours = {h["image_id"] for h in ok}
+    n_regions = {}
+    for batch in stored_store.iter_batches(columns=["image_id", "num_regions"]):
+        for iid, n in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if iid in ours:
+                n_regions[iid] = n
+    seconds = sum(r["seconds"] for r in rows)
+    extracted = sum(r["extracted"] for r in rows)
+    return {
+        "image_ids": [h["image_id"] for h in ok if h["image_id"] in n_regions],
+        "extracted": extracted,
+        "skipped": len(ok) - len(todo) + sum(r["skipped"] for r in rows),
+        "failed": len(failures),
+        "failures": failures,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(extracted / seconds, 3) if seconds else None,
+        "regions": int(sum(n_regions.values())),
+    }

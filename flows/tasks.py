@@ -1,0 +1,103 @@
+"""Prefect tasks: each wraps one library call and passes paths, ids and small dicts only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from flows import components
+from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
+
+__all__ = [
+    "DEVICE_LIMIT",
+    "build_index_task",
+    "encode_shard_task",
+    "extract_shard_task",
+    "hash_images_task",
+    "update_index_task",
+]
+
+log = logging.getLogger(__name__)
+
+DEVICE_LIMIT = "regionrank-device"
+"""Global concurrency limit held by every task that runs a model (one at a time per device by default)."""
+
+_RETRY = dict(retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+
+
+@task(name="hash-images", cache_policy=NO_CACHE)
+def hash_images_task(paths: list[str]) -> list[dict[str, str]]:
+    """Content-hash each path: ``{"path", "image_id"}``, or ``{"path", "error"}`` when unreadable."""
+    from storage import image_id_for_file
+
+    out = []
+    for p in paths:
+        try:
+            out.append({"path": p, "image_id": image_id_for_file(p)})
+        except OSError as exc:
+            out.append({"path": p, "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
+@task(name="extract-shard", tags=["device"], **_RETRY)
+def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> dict[str, Any]:
+    """Detect regions in one chunk of images and write them to the workspace's region store."""
+    from extractors import extract
+
+    with concurrency(DEVICE_LIMIT, occupy=1, strict=False):
+        rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
+                      num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard)
+    return {
+        "images": rep.n_seen, "extracted": rep.n_extracted, "skipped": rep.n_skipped_existing,
+        "duplicates": rep.n_duplicates, "failed": rep.n_failed, "seconds": round(rep.seconds, 3),
+        "failures": rep.failures, "stage_seconds": {k: round(v, 3) for k, v in rep.stage_seconds.items()},
+    }
+
+
+@task(name="encode-shard", tags=["device"], **_RETRY)
+def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str) -> dict[str, Any]:
+    """Embed one chunk of images (region store -> image embedding store)."""
+    from encoders.embed import encode_images
+    from storage import ImageEmbeddingStore, RegionStore
+
+    with concurrency(DEVICE_LIMIT, occupy=1, strict=False):
+        rep = encode_images(components.load_image_encoder(cfg, detector), RegionStore(ws.regions),
+                            ImageEmbeddingStore(ws.image_embeddings), image_ids=image_ids,
+                            batch_size=cfg.batch_size, device=components.resolve_device(cfg.device))
+    return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
+
+
+@task(name="build-index", **_RETRY)
+def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
+    """Build (or rebuild) the FAISS indexes from every stored image embedding and publish a version."""
+    from flows.device import resolve_faiss_gpus
+    from index import build_indexes
+
+    manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.kinds, memory_budget=cfg.memory_budget,
+                             target_recall=cfg.target_recall, seed=cfg.seed, ngpu=resolve_faiss_gpus(cfg.ngpu))
+    return manifest.to_dict()
+
+
+@task(name="update-index", **_RETRY)
+def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> dict[str, Any]:
+    """Add images to the current index version incrementally (or build it if none exists)."""
+    from flows.device import resolve_faiss_gpus
+    from index import add_images, versions
+
+    if not versions(ws.index_dir):
+        return build_index_task.fn(ws, cfg)
+    return add_images(ws.index_dir, ws.image_embeddings, image_ids, ngpu=resolve_faiss_gpus(cfg.ngpu)).to_dict()
+
+
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """Split into consecutive chunks of at most ``size`` (one mapped task each)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def index_dir_exists(path: Path) -> bool:
+    return path.exists() and any(path.iterdir())

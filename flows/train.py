@@ -1,0 +1,88 @@
+"""Flows ``train``, ``evaluate`` and ``import-features``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import monitoring
+from flows.config import Workspace
+from flows.device import resolve_device
+
+__all__ = ["evaluate_flow", "import_features_flow", "train_flow"]
+
+
+@task(name="train-model", cache_policy=NO_CACHE, tags=["device"])
+def train_task(model: str, ws: Workspace, captions: str, out_dir: str, epochs: int | None, batch_size: int | None,
+               lr: float | None, seed: int, device: str) -> dict[str, Any]:
+    from encoders.training import train
+
+    rep = train(model, ws.regions, captions, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                device=resolve_device(device))
+    return {
+        "model": rep.model, "checkpoint": str(rep.checkpoint) if rep.checkpoint else None,
+        "resumed_from_epoch": rep.resumed_from_epoch, "train_pairs": rep.train_pairs,
+        "epochs": [asdict(e) for e in rep.epochs],
+    }
+
+
+@flow(name="train")
+def train_flow(ws: Workspace, captions: str, model: str = "teran-coco", out_dir: str | None = None, epochs: int | None = None,
+               batch_size: int | None = None, lr: float | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Train TERAN or SCAN on the workspace's region shards and a caption table; resumes after a crash."""
+    out = out_dir or str(ws.checkpoints / model)
+    res = train_task(model, ws, captions, out, epochs, batch_size, lr, seed, device)
+    monitoring.table("train-epochs", [{k: v for k, v in e.items() if k != "val"} | (e.get("val") or {}) for e in res["epochs"]],
+                     f"learning curve of {model}")
+    return res
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE, tags=["device"])
+def evaluate_task(checkpoint: str, ws: Workspace, captions: str, split: str | None, protocol: str | None, device: str) -> dict[str, Any]:
+    from encoders.training import evaluate
+
+    return evaluate(checkpoint, ws.regions, captions, split=split, protocol=protocol, device=resolve_device(device))
+
+
+@flow(name="evaluate")
+def evaluate_flow(ws: Workspace, checkpoint: str, captions: str, split: str | None = "test", protocol: str | None = None,
+                  device: str = "auto") -> dict[str, Any]:
+    """R@1/5/10, medr, meanr and rsum of a checkpoint on one split (COCO 1K/5K, F30K 1K protocols)."""
+    res = evaluate_task(checkpoint, ws, captions, split, protocol, device)
+    rows = [{"direction": d, **{k: v for k, v in res[d].items() if k in ("r1", "r5", "r10", "medr", "meanr")}}
+            for d in ("i2t", "t2i") if d in res]
+    monitoring.table("evaluation", rows, f"{checkpoint} on {split} ({protocol or 'all images'}); rsum {res.get('rsum')}")
+    return res
+
+
+@task(name="import-file", cache_policy=NO_CACHE)
+def import_task(fmt: str, path: str, ws: Workspace, split: str, namespace: str) -> dict[str, Any]:
+    from storage import import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
+
+    if fmt == "scan-precomp":
+        rep = import_scan_precomp(path, split, ws.regions, namespace=namespace)
+    elif fmt in ("tsv", "tsv-airsplay"):
+        rep = import_bottomup_tsv(path, ws.regions, variant="airsplay" if fmt == "tsv-airsplay" else "anderson", namespace=namespace)
+    elif fmt == "milvlg-npz":
+        rep = import_milvlg_npz(path, ws.regions, namespace=namespace)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected scan-precomp, tsv, tsv-airsplay or milvlg-npz")
+    return {"format": rep.format, "seen": rep.n_seen, "written": rep.n_written, "skipped": rep.n_skipped_existing,
+            "failures": [{"uri": u, "reason": r} for u, r in rep.failures]}
+
+
+@flow(name="import-features")
+def import_features_flow(ws: Workspace, fmt: Literal["scan-precomp", "tsv", "tsv-airsplay", "milvlg-npz"], paths: list[str],
+                         split: str = "test", namespace: str = "coco") -> dict[str, Any]:
+    """Import feature files users already hold into the workspace's region store (one task per file/folder)."""
+    logger = get_run_logger()
+    results = [f.result() for f in import_task.map(fmt, paths, ws=ws, split=split, namespace=namespace)]
+    failures = [f for r in results for f in r.pop("failures")]
+    monitoring.table("import-files", [{"path": p, **r} for p, r in zip(paths, results)], f"import of {fmt} features")
+    monitoring.failures_table("import-failures", failures)
+    logger.info("imported %d images (%d already stored, %d failed)", sum(r["written"] for r in results),
+                sum(r["skipped"] for r in results), len(failures))
+    return {"written": sum(r["written"] for r in results), "skipped": sum(r["skipped"] for r in results), "failed": len(failures)}
