@@ -1,1 +1,44 @@
-"""regionrank extractors package."""
+"""regionrank extractors: image decoding, detector backends (registry), region selection, pooled region features.
+
+Public API::
+
+    list_detectors() -> list[str]
+    get_detector(name, *, weights=None, device="cpu", **cfg) -> Detector
+    extract(images, store, *, detector="butd-r101-c4", weights=None, device="cpu", ...) -> ExtractReport
+
+Backends: ``butd-r101-c4`` (bottom-up attention, the default), ``torchvision-frcnn-r50-fpn``,
+``detectron2`` (only where detectron2 is installed) and ``ssd-mobilenet-coco`` (demo, real
+pretrained weights from the ``demo`` extra).
+"""
+
+from extractors.decode import DecodeLimits, ImageDecodeError, decode_image
+from extractors.detector import (
+    Detections,
+    Detector,
+    PreparedImage,
+    Preprocessor,
+    StageTimer,
+    config_hash,
+    get_detector,
+    list_detectors,
+    register_detector,
+)
+from extractors.pipeline import ExtractReport, extract, list_images
+
+__all__ = [
+    "DecodeLimits",
+    "Detections",
+    "Detector",
+    "ExtractReport",
+    "ImageDecodeError",
+    "PreparedImage",
+    "Preprocessor",
+    "StageTimer",
+    "config_hash",
+    "decode_image",
+    "extract",
+    "get_detector",
+    "list_detectors",
+    "list_images",
+    "register_detector",
+]

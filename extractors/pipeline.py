@@ -1,0 +1,328 @@
+"""``extract``: images on disk -> region feature shards, through any registered detector.
+
+The run, in order:
+
+1. list the inputs (a folder is walked recursively for image extensions);
+2. a pre-pass (thread pool) hashes every file (the image id) and reads only its
+   header (size after EXIF orientation); unreadable inputs become failures here;
+3. duplicate contents and ids already in the store are skipped;
+4. the rest is grouped by the detector's network input size (images of similar
+   aspect ratio resize to the same size), so a batch stacks without padding and
+   batched features equal one-by-one features up to kernel rounding;
+5. a ``DataLoader`` decodes and pre-processes in worker processes;
+6. the detector runs under ``torch.inference_mode`` (autocast and channels_last
+   on CUDA are the detector's business), and every image becomes one
+   :class:`storage.RegionRecord` written through ``RegionStore.writer``, with the
+   detector name, config hash and weights hash as provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
+from extractors.detector import Detector, PreparedImage, Preprocessor, StageTimer, config_hash, get_detector
+from storage import RegionRecord, RegionStore, image_id_for_bytes
+
+__all__ = ["IMAGE_EXTENSIONS", "ExtractReport", "extract", "list_images"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+@dataclass
+class ExtractReport:
+    """What one :func:`extract` run did.
+
+    Attributes:
+        n_seen: inputs given (after listing a folder).
+        n_extracted: images newly written to the store.
+        n_skipped_existing: inputs whose image id was already stored.
+        n_duplicates: inputs whose bytes equal an earlier input of this run (stored once).
+        n_failed: unreadable inputs (recorded in the store's failures table).
+        failures: ``{"uri", "reason"}`` per failed input.
+        seconds: wall-clock seconds of the whole run.
+        stage_seconds: seconds per stage: ``hash`` (pre-pass, wall), ``decode`` and
+            ``transform`` (summed over worker processes), ``load_wait`` (main process
+            waiting for the loader), ``trunk``, ``rpn``, ``roi_head``, ``nms``
+            (bottom-up; other detectors name their own stages), ``write``.
+        detector / config_hash / weights_hash: provenance written to the shards.
+    """
+
+    n_seen: int = 0
+    n_extracted: int = 0
+    n_skipped_existing: int = 0
+    n_duplicates: int = 0
+    n_failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    detector: str = ""
+    config_hash: str = ""
+    weights_hash: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_images(images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str]:
+    """Expand ``images`` into a list of file paths.
+
+    A folder is walked recursively and yields files with an image extension
+    (:data:`IMAGE_EXTENSIONS`, case-insensitive), sorted; a sequence is taken as
+    given (entries that are not images fail later, with a reason).
+
+    Raises:
+        FileNotFoundError: ``images`` is a single path that does not exist.
+        TypeError: ``images`` is neither a path nor a sequence of paths.
+    """
+    if isinstance(images, str | os.PathLike):
+        root = Path(images)
+        if root.is_dir():
+            found = [
+                str(Path(dirpath) / name)
+                for dirpath, _, names in os.walk(root)
+                for name in names
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            ]
+            return sorted(found)
+        if root.exists():
+            return [str(root)]
+        raise FileNotFoundError(f"image folder or file {str(root)!r} does not exist")
+    if isinstance(images, bytes) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a folder path or a sequence of paths; got {type(images).__name__}")
+    return [str(p) for p in images]
+
+
+@dataclass
+class _Item:
+    uri: str
+    image_id: str
+    width: int
+    height: int
+
+
+@dataclass
+class _Sample:
+    item: _Item
+    prepared: PreparedImage | None
+    reason: str | None
+    decode_s: float
+    transform_s: float
+
+
+class _DecodeDataset(Dataset[_Sample]):
+    """Decodes and pre-processes one image per index (runs in DataLoader workers)."""
+
+    def __init__(self, items: Sequence[_Item], preprocessor: Preprocessor, limits: DecodeLimits) -> None:
+        self.items, self.preprocessor, self.limits = list(items), preprocessor, limits
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> _Sample:
+        item = self.items[index]
+        t0 = time.perf_counter()
+        try:
+            data = Path(item.uri).read_bytes()
+            if image_id_for_bytes(data) != item.image_id:
+                return _Sample(item, None, "changed-during-run: file content differs from the pre-pass", 0.0, 0.0)
+            rgb = decode_image(item.uri, data=data, limits=self.limits)
+        except ImageDecodeError as exc:
+            return _Sample(item, None, exc.reason, time.perf_counter() - t0, 0.0)
+        except OSError as exc:
+            return _Sample(item, None, f"unreadable: {exc}", time.perf_counter() - t0, 0.0)
+        t1 = time.perf_counter()
+        prepared = self.preprocessor(rgb)
+        return _Sample(item, prepared, None, t1 - t0, time.perf_counter() - t1)
+
+
+def _collate(samples: list[_Sample]) -> list[_Sample]:
+    return samples
+
+
+def _worker_init(_: int) -> None:
+    # Workers only decode and resize: one thread each, so they do not fight the model's threads.
+    torch.set_num_threads(1)
+
+
+def _probe(uri: str, limits: DecodeLimits) -> _Item | tuple[str, str]:
+    try:
+        path = Path(uri)
+        if path.is_dir():
+            return uri, "not-a-file: is a directory"
+        data = path.read_bytes()
+        if not data:
+            return uri, "empty-file: zero bytes"
+        width, height = probe_image(uri, data, limits)
+        return _Item(uri, image_id_for_bytes(data), width, height)
+    except ImageDecodeError as exc:
+        return uri, exc.reason
+    except FileNotFoundError as exc:
+        return uri, f"not-found: {exc.strerror or exc}"
+    except PermissionError as exc:
+        return uri, f"permission-denied: {exc.strerror or exc}"
+    except OSError as exc:
+        return uri, f"unreadable: {exc}"
+
+
+def _batches(items: Sequence[_Item], preprocessor: Preprocessor, batch_size: int) -> list[list[int]]:
+    """Indices grouped by network input size, ``batch_size`` at most, input order kept inside a group."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(preprocessor.target_size(it.width, it.height), []).append(i)
+    out = []
+    for idxs in groups.values():
+        out.extend(idxs[j : j + batch_size] for j in range(0, len(idxs), batch_size))
+    return out
+
+
+def _to_record(sample: _Sample, det: Any) -> RegionRecord:
+    item = sample.item
+    return RegionRecord(
+        image_id=item.image_id,
+        uri=item.uri,
+        width=item.width,
+        height=item.height,
+        boxes=det.boxes.astype(np.float32, copy=False),
+        features=det.features,
+        class_ids=det.class_ids,
+        class_scores=det.class_scores,
+        attr_ids=det.attr_ids,
+        attr_scores=det.attr_scores,
+    )
+
+
+def extract(
+    images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    store: RegionStore | str | os.PathLike[str],
+    *,
+    detector: str | Detector = "butd-r101-c4",
+    weights: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 2,
+    num_workers: int = 2,
+    rows_per_shard: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+    detector_options: dict[str, Any] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+) -> ExtractReport:
+    """Detect regions in ``images`` and write one :class:`storage.RegionRecord` per new image to ``store``.
+
+    Args:
+        images: a folder (walked recursively for image files) or a sequence of file paths.
+        store: a :class:`storage.RegionStore` or its root (local path or pyarrow-fs URI).
+        detector: a registry name (built with :func:`extractors.get_detector`) or a
+            built :class:`Detector` (lets a caller cache the loaded network).
+        weights: local weights file for a detector given by name; ``None`` = the
+            backend's default (see :func:`extractors.get_detector`).
+        device: torch device for a detector given by name.
+        batch_size: images per forward pass (images of equal network input size only).
+        num_workers: decoding worker processes (0 = decode in this process).
+        rows_per_shard: images per Parquet shard.
+        progress: called as ``progress(done, total)`` after each batch, ``total``
+            being the number of images to extract.
+        detector_options: backend options for a detector given by name.
+        limits: accepted image sizes (decompression-bomb and minimum-side limits).
+
+    Returns:
+        :class:`ExtractReport`.
+
+    Raises:
+        ValueError: bad ``batch_size`` / ``num_workers`` or detector options.
+        FileNotFoundError: ``images`` path does not exist.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0; got {num_workers}")
+    t_start = time.perf_counter()
+    uris = list_images(images)
+    det: Detector
+    if isinstance(detector, str):
+        det = get_detector(detector, weights=weights, device=device, **(detector_options or {}))
+    else:
+        if weights is not None or detector_options:
+            raise ValueError("weights / detector_options apply to a detector given by name; the given Detector is already built")
+        det = detector
+    region_store = store if isinstance(store, RegionStore) else RegionStore(store)
+    report = ExtractReport(n_seen=len(uris), detector=det.name, config_hash=config_hash(det.config),
+                           weights_hash=det.weights_hash)  # fmt: skip
+    timer = StageTimer(det.device)
+
+    def fail(w: Any, uri: str, reason: str) -> None:
+        w.add_failure(uri, reason)
+        report.failures.append({"uri": uri, "reason": reason})
+        logger.info("extract: %s failed: %s", uri, reason)
+
+    with region_store.writer(
+        detector=det.name, config_hash=report.config_hash, weights_hash=det.weights_hash,
+        feature_dim=det.feature_dim, rows_per_shard=rows_per_shard,
+    ) as writer:  # fmt: skip
+        with timer.stage("hash"), ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            probed = list(pool.map(lambda u: _probe(u, limits), uris))
+        items: list[_Item] = []
+        seen: set[str] = set()
+        for res in probed:
+            if isinstance(res, tuple):
+                fail(writer, *res)
+            elif res.image_id in seen:
+                report.n_duplicates += 1
+            else:
+                seen.add(res.image_id)
+                items.append(res)
+        todo_ids = set(region_store.missing([it.image_id for it in items]))
+        report.n_skipped_existing = len(items) - len(todo_ids)
+        todo = [it for it in items if it.image_id in todo_ids]
+        loader = DataLoader(
+            _DecodeDataset(todo, det.preprocessor, limits),
+            batch_sampler=_batches(todo, det.preprocessor, batch_size),
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=det.device.type == "cuda",
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+        )
+        done = 0
+        batches: Iterator[list[_Sample]] = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            timer.add("load_wait", time.perf_counter() - t0)
+            if batch is None:
+                break
+            good = []
+            for s in batch:
+                timer.add("decode", s.decode_s)
+                timer.add("transform", s.transform_s)
+                if s.reason is not None:
+                    fail(writer, s.item.uri, s.reason)
+                else:
+                    good.append(s)
+            if good:
+                dets = det.detect([s.prepared for s in good if s.prepared is not None], timer)
+                with timer.stage("write"):
+                    for s, d in zip(good, dets, strict=True):
+                        if writer.write(_to_record(s, d)):
+                            report.n_extracted += 1
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(todo))
+        t0 = time.perf_counter()
+    timer.add("write", time.perf_counter() - t0)  # closing publishes the last shard
+    report.n_failed = len(report.failures)
+    report.stage_seconds = dict(timer.seconds)
+    report.seconds = time.perf_counter() - t_start
+    return report
