@@ -57,8 +57,12 @@ _DEFAULT_CHUNK = 4096  # image-caption pairs scored at once
 
 
 def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """SCAN's L2 normalisation ``x / (‖x‖ + 1e-8)`` (epsilon added to the norm, not inside the root)."""
-    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + _EPS)
+    """SCAN's L2 normalisation ``x / (‖x‖ + 1e-8)`` (epsilon added to the norm, not inside the root).
+
+    ``torch.linalg.vector_norm`` has a zero gradient at the zero vector (``sqrt(Σx²)`` has NaN there),
+    which matters for the all-zero padded positions of the GRU output.
+    """
+    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + _EPS)
 
 
 def _check_choice(name: str, value: str, allowed: Any) -> None:
@@ -90,7 +94,7 @@ def _normalise_raw(s: torch.Tensor, norm: str, query_mask: torch.Tensor | None) 
     if query_mask is not None:
         s = s.masked_fill(~query_mask, 0.0)  # padded queries must not enter the norm
     if norm.endswith("l2norm"):
-        return s / (s.pow(2).sum(dim=-1, keepdim=True).sqrt() + _EPS)
+        return s / (torch.linalg.vector_norm(s, dim=-1, keepdim=True) + _EPS)
     # l1 variants: the reference calls an undefined ``l1norm_d`` (NameError); this is the formula of
     # its own, never-called ``l1norm`` function. There are no reference outputs to compare against.
     return s / (s.abs().sum(dim=-1, keepdim=True) + _EPS)
