@@ -37,6 +37,7 @@ __all__ = [
     "model_hash",
     "model_kind",
     "save_checkpoint",
+    "update_with_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,13 +84,18 @@ def model_hash(model: nn.Module) -> str:
     the embedding stores record it as ``encoder_hash``.
     """
     h = hashlib.sha256(json.dumps(model_config(model), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    update_with_weights(h, model)
     return h.hexdigest()
+
+
+def update_with_weights(hasher: Any, module: nn.Module) -> None:
+    """Feed every ``state_dict`` tensor of ``module`` (name, dtype, shape, bytes; sorted by name) to ``hasher``."""
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        hasher.update(name.encode())
+        hasher.update(str(t.dtype).encode())
+        hasher.update(str(tuple(t.shape)).encode())
+        hasher.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, trainer_state: Mapping[str, Any] | None = None) -> Path:

@@ -177,7 +177,7 @@ def encode_texts(model: nn.Module, texts: Sequence[str], *, device: torch.device
         model.train(was_training)
 
 
-def _check_producer(store: Any, ids: Sequence[str], encoder_hash: str) -> None:
+def check_store_owner(store: Any, ids: Sequence[str], encoder_hash: str) -> None:
     absent = set(store.missing(ids))
     other = [k for k in ids if k not in absent and store.producer_of(k) != encoder_hash]
     if other:
@@ -225,7 +225,7 @@ def encode_images(
     store = out if isinstance(out, ImageEmbeddingStore) else ImageEmbeddingStore(out)
     ids = list(dict.fromkeys(regions.ids() if image_ids is None else image_ids))
     name, digest = encoder_name(model), model_hash(model)
-    _check_producer(store, ids, digest)
+    check_store_owner(store, ids, digest)
 
     def make(keys: list[str]) -> list[ImageEmbeddingRecord]:
         records = regions.get(keys)
@@ -243,15 +243,15 @@ def encode_images(
         ]
 
     todo = store.missing(ids)
-    written = _write_batches(store, model, (name, digest), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
+    written = write_in_batches(store, (name, digest), _embed_dim(model), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
                              progress=progress)
     return EmbedReport(name, digest, len(ids), written, len(ids) - len(todo), time.perf_counter() - start)
 
 
-def _write_batches(
+def write_in_batches(
     store: Any,
-    model: nn.Module,
     encoder: tuple[str, str],
+    embed_dim: int,
     todo: list[str],
     make: Callable[[list[str]], list[Any]],
     *,
@@ -263,7 +263,7 @@ def _write_batches(
         return 0
     written = 0
     name, digest = encoder
-    with store.writer(encoder=name, encoder_hash=digest, embed_dim=_embed_dim(model), rows_per_shard=rows_per_shard) as w:
+    with store.writer(encoder=name, encoder_hash=digest, embed_dim=embed_dim, rows_per_shard=rows_per_shard) as w:
         for b0 in range(0, len(todo), batch_size):
             for record in make(todo[b0 : b0 + batch_size]):
                 written += w.write(record)
@@ -312,7 +312,7 @@ def encode_captions(
     store = out if isinstance(out, CaptionEmbeddingStore) else CaptionEmbeddingStore(out)
     name, digest = encoder_name(model), model_hash(model)
     ids = list(by_id)
-    _check_producer(store, ids, digest)
+    check_store_owner(store, ids, digest)
 
     def make(keys: list[str]) -> list[CaptionEmbeddingRecord]:
         chunk = [by_id[k] for k in keys]
@@ -329,6 +329,6 @@ def encode_captions(
         ]
 
     todo = store.missing(ids)
-    written = _write_batches(store, model, (name, digest), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
+    written = write_in_batches(store, (name, digest), _embed_dim(model), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
                              progress=progress)
     return EmbedReport(name, digest, len(ids), written, len(ids) - len(todo), time.perf_counter() - start)

@@ -1,0 +1,181 @@
+"""Adapters that let ``index`` search with encoders it may not import (structural protocols).
+
+``index.twostage`` declares ``QueryEncoder.encode_query(text) -> QueryEmbedding`` and
+``Reranker.rerank(query, candidates) -> RerankOutput``; this module implements them without importing
+``index``: :class:`TeranQueryEncoder`, :class:`GroundedQueryEncoder` and :class:`ScanReranker` (which
+returns a :class:`RerankResult` with the same two attributes as ``index``'s ``RerankOutput``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.embed import encode_texts
+from storage.records import ImageEmbeddingRecord, QueryEmbedding
+
+__all__ = ["GroundedQueryEncoder", "RerankResult", "ScanReranker", "TeranQueryEncoder"]
+
+_TERMINAL = (".", "!", "?")
+
+
+class TeranQueryEncoder:
+    """Encode search queries with a TERAN model's text branch.
+
+    The word vectors are exactly the rows TERAN's alignment scores (``[CLS]``/``[SEP]`` removed). With
+    the config's ``reference_trim`` (the reference quirk: training never aligned a caption's last
+    word-piece), a query without terminal punctuation gets a final ``"."`` first, so the dropped
+    word-piece is that period -- as for the ~77 % of COCO training captions that end with one -- and not
+    the query's last word.
+
+    Args:
+        model: a :class:`encoders.teran.TeranModel` (or a checkpoint folder).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: Any, *, device: torch.device | str = "cpu") -> None:
+        from encoders.embed import resolve_model
+
+        self.model = resolve_model(model, device=device).eval()
+        if getattr(self.model, "kind", None) != "teran":
+            raise TypeError(f"TeranQueryEncoder needs a TERAN model; got {type(self.model).__name__}")
+        self.device = torch.device(device)
+
+    def prepare(self, text: str) -> str:
+        """The text actually encoded (a final period added when the reference trim would cut a word)."""
+        stripped = text.strip()
+        if self.model.cfg.reference_trim and stripped and not stripped.endswith(_TERMINAL):
+            return stripped + " ."
+        return stripped
+
+    def encode_query(self, text: str) -> QueryEmbedding:
+        """``QueryEmbedding`` with ``word_embeddings`` ``float32[L, E]`` and the ``[CLS]`` global vector.
+
+        Raises:
+            ValueError: an empty query.
+        """
+        prepared = self.prepare(text)
+        if not prepared:
+            raise ValueError("the query is empty; type at least one word")
+        (enc,) = encode_texts(self.model, [prepared], device=self.device)
+        return QueryEmbedding(
+            text=text,
+            tokens=enc.tokens,
+            word_embeddings=enc.word_embeddings.astype(np.float32),
+            global_embedding=None if enc.global_embedding is None else enc.global_embedding.astype(np.float32),
+        )
+
+
+class GroundedQueryEncoder:
+    """Query encoder of the zero-shot label-grounded baseline (:class:`encoders.grounded.GroundedEncoder`)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def encode_query(self, text: str) -> QueryEmbedding:
+        """Static per-word vectors of the query's content words (see ``GroundedEncoder.encode_query``)."""
+        return self.encoder.encode_query(text)
+
+
+@dataclass
+class RerankResult:
+    """Re-ranking output (duck-types ``index.twostage.RerankOutput``).
+
+    Attributes:
+        scores: ``float32[K]`` SCAN score per candidate, higher is better.
+        word_region_weights: per candidate ``float32[L, R_k]``: how strongly each query word attends to
+            each region (t2i: each row sums to 1 over the regions).
+    """
+
+    scores: np.ndarray
+    word_region_weights: list[np.ndarray]
+
+
+class ScanReranker:
+    """Parameter-free SCAN stacked cross attention over stored embeddings (query words vs regions).
+
+    Uses the SCAN engineer's :func:`encoders.scan.xattn_scores` with the given hyper-parameters on the
+    query's word vectors and each candidate's region vectors; nothing is trained here, so it works on
+    any embeddings in one space (TERAN's, or the label-grounded baseline's).
+
+    Args:
+        direction: ``"t2i"`` (words attend to regions; SCAN's text-to-image model) or ``"i2t"``.
+        raw_feature_norm / agg_func / lambda_softmax / lambda_lse: as in ``xattn_scores``
+            (defaults: SCAN t-i LSE, clipped_l2norm, lambda_softmax 9, lambda_lse 6).
+        device: where the attention runs.
+        max_candidates_per_chunk: candidates scored at once (bounds memory: ~K x R x L x E floats).
+    """
+
+    def __init__(
+        self,
+        *,
+        direction: str = "t2i",
+        raw_feature_norm: str = "clipped_l2norm",
+        agg_func: str = "LogSumExp",
+        lambda_softmax: float = 9.0,
+        lambda_lse: float = 6.0,
+        device: torch.device | str = "cpu",
+        max_candidates_per_chunk: int = 256,
+    ) -> None:
+        from encoders.scan import xattn_scores
+
+        # Validate the options once, on a dummy pair, so a typo fails at construction time.
+        one = torch.ones(1, 1, 1)
+        xattn_scores(one, one, [1], direction=direction, raw_feature_norm=raw_feature_norm,  # type: ignore[arg-type]
+                     agg_func=agg_func, lambda_softmax=lambda_softmax, lambda_lse=lambda_lse)  # type: ignore[arg-type]
+        if max_candidates_per_chunk < 1:
+            raise ValueError(f"max_candidates_per_chunk must be >= 1; got {max_candidates_per_chunk}")
+        self.direction = direction
+        self.raw_feature_norm = raw_feature_norm
+        self.agg_func = agg_func
+        self.lambda_softmax = float(lambda_softmax)
+        self.lambda_lse = float(lambda_lse)
+        self.device = torch.device(device)
+        self.chunk = int(max_candidates_per_chunk)
+
+    def rerank(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> RerankResult:
+        """Score the K candidates for the query and return per-word attention over their regions.
+
+        Raises:
+            ValueError: the query has no words; an embedding width differs from the query's.
+        """
+        from encoders.scan import xattn_i2t_attention, xattn_scores, xattn_t2i_attention
+
+        words_np = np.asarray(query.word_embeddings, dtype=np.float32)
+        n_words, dim = words_np.shape
+        if n_words == 0:
+            raise ValueError(f"query {query.text!r} has no word vectors to re-rank with")
+        bad = next((c for c in candidates if c.embed_dim != dim), None)
+        if bad is not None:
+            raise ValueError(
+                f"candidate {bad.image_id!r} has {bad.embed_dim}-d region embeddings but the query has {dim}-d "
+                f"words; use the query encoder of the model that wrote the image embeddings"
+            )
+        words = torch.from_numpy(words_np).to(self.device)
+        scores = np.zeros(len(candidates), dtype=np.float32)
+        weights: list[np.ndarray] = []
+        for c0 in range(0, len(candidates), self.chunk):
+            chunk = candidates[c0 : c0 + self.chunk]
+            lens = np.array([max(1, c.num_regions) for c in chunk], dtype=np.int64)
+            images = np.zeros((len(chunk), int(lens.max()), dim), dtype=np.float32)
+            for i, c in enumerate(chunk):
+                images[i, : c.num_regions] = c.region_embeddings
+            img = torch.from_numpy(images).to(self.device)
+            with torch.no_grad():
+                s = xattn_scores(img, words[None], [n_words], direction=self.direction,  # type: ignore[arg-type]
+                                 raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,  # type: ignore[arg-type]
+                                 lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse, region_lens=lens)
+                if self.direction == "t2i":
+                    att = xattn_t2i_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
+                                              lambda_softmax=self.lambda_softmax)  # [K, L, R]
+                else:
+                    att = xattn_i2t_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
+                                              lambda_softmax=self.lambda_softmax).transpose(1, 2)  # [K, L, R]
+            scores[c0 : c0 + len(chunk)] = s[:, 0].float().cpu().numpy()
+            att_np = att.float().cpu().numpy()
+            weights.extend(att_np[i, :, : c.num_regions].copy() for i, c in enumerate(chunk))
+        return RerankResult(scores=scores, word_region_weights=weights)

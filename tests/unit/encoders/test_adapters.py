@@ -1,0 +1,113 @@
+"""Tests for encoders.adapters: query encoders and the parameter-free SCAN re-ranker."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.adapters import GroundedQueryEncoder, ScanReranker, TeranQueryEncoder
+from encoders.embed import encode_texts
+from encoders.teran import TeranCfg, TeranModel
+from encoders.text import build_random_text_model
+from storage.records import ImageEmbeddingRecord, QueryEmbedding
+
+pytest.importorskip("encoders.scan")
+
+TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=32)
+
+
+def teran(reference_trim=True):
+    cfg = TeranCfg(name="teran-adapt", embed_dim=8, feature_dim=6, visual_layers=1, visual_heads=2, visual_ff=8,
+                   top_layers=1, top_heads=2, top_ff=8, dropout=0.0, text_model="random", text_dim=16,
+                   text_bert_config=TINY_BERT, reference_trim=reference_trim)
+    torch.manual_seed(0)
+    tok, bert = build_random_text_model(TINY_BERT, seed=0)
+    return TeranModel(cfg, bert, tok)
+
+
+def test_teran_query_keeps_its_last_word_under_the_reference_trim():
+    model = teran()
+    enc = TeranQueryEncoder(model)
+    q = enc.encode_query("a red cat")
+    assert q.tokens == ["a", "red", "cat"] and q.text == "a red cat"
+    (direct,) = encode_texts(model, ["a red cat ."])
+    np.testing.assert_array_equal(q.word_embeddings, direct.word_embeddings)
+    np.testing.assert_array_equal(q.global_embedding, direct.global_embedding)
+    assert q.word_embeddings.dtype == np.float32 and q.global_embedding.shape == (8,)
+    assert enc.encode_query("a red cat.").tokens == ["a", "red", "cat"]  # no second period
+    assert TeranQueryEncoder(teran(reference_trim=False)).encode_query("a red cat").tokens == ["a", "red", "cat"]
+    with pytest.raises(ValueError, match="empty"):
+        enc.encode_query("   ")
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def ref_t2i(regions, words, lambda_softmax=9.0, lambda_lse=6.0):
+    """SCAN t2i, clipped_l2norm, LogSumExp for one pair, with plain loops (ALGORITHMS.md 3.2-3.3)."""
+    n_r, n_w = len(regions), len(words)
+    s = [[float(regions[i] @ words[j]) for j in range(n_w)] for i in range(n_r)]
+    u = [[x if x > 0 else 0.1 * x for x in row] for row in s]
+    sbar = [[u[i][j] / (math.sqrt(sum(v * v for v in u[i])) + 1e-8) for j in range(n_w)] for i in range(n_r)]
+    rel, alphas = [], np.zeros((n_w, n_r))
+    for j in range(n_w):
+        ex = [math.exp(lambda_softmax * sbar[i][j]) for i in range(n_r)]
+        alpha = [e / sum(ex) for e in ex]
+        alphas[j] = alpha
+        a = sum(alpha[i] * regions[i] for i in range(n_r))
+        rel.append(float(words[j] @ a) / max(float(np.linalg.norm(words[j]) * np.linalg.norm(a)), 1e-8))
+    return math.log(sum(math.exp(lambda_lse * r) for r in rel)) / lambda_lse, alphas
+
+
+def candidates(rng, counts, dim=6):
+    return [ImageEmbeddingRecord(image_id=f"{i:064x}", uri="", boxes=np.zeros((n, 4), np.float32),
+                                 region_embeddings=unit(rng.normal(size=(n, dim))).astype(np.float16))
+            for i, n in enumerate(counts)]
+
+
+def test_scan_reranker_matches_a_per_candidate_reference():
+    rng = np.random.default_rng(0)
+    cands = candidates(rng, [3, 1, 5, 2])
+    query = QueryEmbedding(text="q", tokens=["a", "b", "c"], word_embeddings=unit(rng.normal(size=(3, 6))).astype(np.float32))
+    out = ScanReranker(max_candidates_per_chunk=3).rerank(query, cands)
+    assert out.scores.shape == (4,) and out.scores.dtype == np.float32
+    for k, c in enumerate(cands):
+        score, alpha = ref_t2i(c.region_embeddings.astype(np.float32).astype(np.float64),
+                               query.word_embeddings.astype(np.float64))
+        assert out.scores[k] == pytest.approx(score, abs=1e-5)
+        assert out.word_region_weights[k].shape == (3, c.num_regions)
+        np.testing.assert_allclose(out.word_region_weights[k], alpha, atol=1e-5)
+        np.testing.assert_allclose(out.word_region_weights[k].sum(1), 1.0, rtol=1e-5)
+
+
+def test_scan_reranker_i2t_direction_and_errors():
+    rng = np.random.default_rng(1)
+    cands = candidates(rng, [2, 4])
+    query = QueryEmbedding(text="q", tokens=["x", "y"], word_embeddings=unit(rng.normal(size=(2, 6))).astype(np.float32))
+    from encoders.scan import xattn_scores
+
+    out = ScanReranker(direction="i2t", lambda_softmax=4.0, lambda_lse=5.0).rerank(query, cands)
+    for k, c in enumerate(cands):
+        direct = xattn_scores(torch.from_numpy(c.region_embeddings.astype(np.float32))[None],
+                              torch.from_numpy(query.word_embeddings)[None], [2], direction="i2t",
+                              lambda_softmax=4.0, lambda_lse=5.0)
+        assert out.scores[k] == pytest.approx(float(direct[0, 0]), abs=1e-5)
+        assert out.word_region_weights[k].shape == (2, c.num_regions)
+    with pytest.raises(ValueError):
+        ScanReranker(direction="sideways")
+    wide = QueryEmbedding(text="q", tokens=["x"], word_embeddings=np.ones((1, 5), np.float32))
+    with pytest.raises(ValueError, match="5-d words"):
+        ScanReranker().rerank(wide, cands)
+
+
+def test_grounded_query_encoder_delegates():
+    class Fake:
+        def encode_query(self, text):
+            return QueryEmbedding(text=text, tokens=["cat"], word_embeddings=np.ones((1, 3), np.float32))
+
+    assert GroundedQueryEncoder(Fake()).encode_query("cat").tokens == ["cat"]
