@@ -162,6 +162,7 @@ def create_detectron2_detector(
     min_boxes: int = 10,
     max_boxes: int = 100,
     nms_thresh: float = 0.3,
+    seed: int | None = None,
 ) -> Detectron2Detector:
     """Build the ``detectron2`` backend.
 
@@ -170,6 +171,7 @@ def create_detectron2_detector(
         device: torch device.
         config_file: the detectron2 YAML config the checkpoint was trained with (required).
         conf_thresh / min_boxes / max_boxes / nms_thresh: bottom-up selection (§1.3).
+        seed: accepted for a uniform call signature; unused (there is no random-init mode).
 
     Raises:
         RuntimeError: detectron2 is not installed (says how to install it).
