@@ -1,1 +1,82 @@
-"""regionrank index package."""
+"""regionrank index: the only package that imports faiss.
+
+Global and region-level (multi-vector) faiss indexes over embedding shards, chosen automatically and
+tuned to a target recall; incremental adds/removals on stable int64 ids; versioned directories with
+atomic publication and rollback; two-stage search (MaxSim candidates -> exact TERAN MrSw -> injected
+re-ranker) and image-to-text search; per-word heatmaps.
+
+faiss is optional: ``import index`` works without it, and building or opening an index then fails with
+an install hint (``index._faiss.import_faiss``).
+"""
+
+from index._faiss import available_gpus
+from index.alignment import Alignment, maxsim_candidates, mrsw_align
+from index.ann import AnnIndex
+from index.build import (
+    IndexHandle,
+    add_images,
+    build_caption_indexes,
+    build_indexes,
+    build_vector_index,
+    open_index,
+    remove_images,
+    rollback,
+    versions,
+)
+from index.heatmap import render_heatmap
+from index.idmap import IdMap
+from index.manifest import IndexInfo, Manifest
+from index.spec import IndexSpec, choose_spec, parse_memory
+from index.tuning import RecallProbe, exact_knn, recall_at_k
+from index.twostage import (
+    CaptionHit,
+    QueryEncoder,
+    RerankOutput,
+    Reranker,
+    SearchHit,
+    Searcher,
+    WordExplanation,
+    caption_search,
+    exhaustive_search,
+    fuse_scores,
+)
+from index.version import IndexBusyError, VersionedDir
+
+__all__ = [
+    "Alignment",
+    "AnnIndex",
+    "CaptionHit",
+    "IdMap",
+    "IndexBusyError",
+    "IndexHandle",
+    "IndexInfo",
+    "IndexSpec",
+    "Manifest",
+    "QueryEncoder",
+    "RecallProbe",
+    "RerankOutput",
+    "Reranker",
+    "SearchHit",
+    "Searcher",
+    "VersionedDir",
+    "WordExplanation",
+    "add_images",
+    "available_gpus",
+    "build_caption_indexes",
+    "build_indexes",
+    "build_vector_index",
+    "caption_search",
+    "choose_spec",
+    "exact_knn",
+    "exhaustive_search",
+    "fuse_scores",
+    "maxsim_candidates",
+    "mrsw_align",
+    "open_index",
+    "parse_memory",
+    "recall_at_k",
+    "remove_images",
+    "render_heatmap",
+    "rollback",
+    "versions",
+]

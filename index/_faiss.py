@@ -1,0 +1,94 @@
+"""The one place regionrank imports faiss (optional: a missing faiss fails at first use with an
+actionable error), and the GPU helpers.
+
+Every other module of ``index`` obtains faiss through :func:`import_faiss`, so a missing faiss fails
+with one clear message, and every GPU path is guarded on ``faiss.get_num_gpus() > 0`` (a faiss-gpu
+build on a CPU-only machine returns an *empty* index from ``index_cpu_to_all_gpus``; ENVIRONMENT.md §4).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any
+
+__all__ = ["available_gpus", "import_faiss", "resolve_ngpu", "to_cpu", "to_gpus"]
+
+logger = logging.getLogger(__name__)
+
+
+try:  # faiss is optional (extras cpu / gpu): a missing one fails at first use with the install hint
+    import faiss as _faiss_module
+except ImportError as _exc:  # pragma: no cover - exercised only without faiss
+    _faiss_module = None
+    _FAISS_IMPORT_ERROR: ImportError | None = _exc
+else:
+    _FAISS_IMPORT_ERROR = None
+
+
+def import_faiss() -> ModuleType:
+    """Return the ``faiss`` module.
+
+    Raises:
+        RuntimeError: faiss is not installed, with the install command.
+    """
+    if _faiss_module is None:  # pragma: no cover - exercised only without faiss
+        raise RuntimeError("faiss is not installed: pip install 'regionrank[cpu]' (or [gpu], never both)") from _FAISS_IMPORT_ERROR
+    return _faiss_module
+
+
+def available_gpus() -> int:
+    """Number of GPUs faiss can use (0 with faiss-cpu, or with faiss-gpu on a machine without a GPU)."""
+    faiss = import_faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def resolve_ngpu(ngpu: int) -> int:
+    """Turn a user ``ngpu`` (-1 = all, 0 = CPU, n = n GPUs) into the number of GPUs to use.
+
+    Raises:
+        ValueError: ``ngpu`` is below -1, or asks for more GPUs than faiss sees.
+    """
+    if ngpu < -1:
+        raise ValueError(f"ngpu must be -1 (all GPUs), 0 (CPU) or a positive count; got {ngpu}")
+    have = available_gpus()
+    if ngpu == -1:
+        return have
+    if ngpu > have:
+        raise ValueError(
+            f"ngpu={ngpu} GPUs requested but faiss sees {have}; pass ngpu=0 for CPU or -1 for all available "
+            f"(a GPU needs the faiss-gpu build: pip install 'regionrank[gpu]')"
+        )
+    return ngpu
+
+
+def to_gpus(index: Any, ngpu: int) -> Any:
+    """Move ``index`` onto ``ngpu`` GPUs (replicas); return it unchanged when ``ngpu == 0``.
+
+    Index types without a GPU implementation (HNSW, OPQ with an HNSW coarse quantiser, ...) stay on
+    the CPU, with a log line saying so.
+    """
+    if ngpu <= 0:
+        return index
+    faiss = import_faiss()
+    if available_gpus() <= 0:  # never call the GPU functions without a GPU (they return an empty index)
+        return index
+    try:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = False
+        return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=ngpu)
+    except (RuntimeError, AttributeError) as exc:
+        logger.info("index type %s has no GPU implementation; it stays on the CPU (%s)", type(index).__name__, exc)
+        return index
+
+
+def to_cpu(index: Any) -> Any:
+    """Copy a GPU index back to the CPU (identity for a CPU index)."""
+    faiss = import_faiss()
+    if available_gpus() <= 0:
+        return index
+    try:
+        return faiss.index_gpu_to_cpu(index)
+    except (RuntimeError, AttributeError):
+        return index

@@ -1,0 +1,114 @@
+"""TERAN's MrSw alignment score in numpy, and the MaxSim candidate aggregation of the first stage.
+
+MrSw (ALGORITHMS.md §4.4): ``S(i, c) = sum_w max_r <v_{i,r}, t_{c,w}>`` over the valid regions r of image
+i and the valid words w of caption/query c. It is late interaction (ColBERT's MaxSim), so text-to-image
+search decomposes over a region-vector index: per-word k-NN over regions, candidates, exact MrSw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["Alignment", "maxsim_candidates", "mrsw_align"]
+
+
+@dataclass
+class Alignment:
+    """Exact MrSw of one query against N items.
+
+    Attributes:
+        scores: ``float32[N]`` MrSw scores.
+        best_region: ``int64[N, L]`` for each item and query word, the region index holding the max
+            (``-1`` when the item has no regions, or when the reference's zero fill won).
+        best_sim: ``float32[N, L]`` the per-word maxima that were summed.
+    """
+
+    scores: np.ndarray
+    best_region: np.ndarray
+    best_sim: np.ndarray
+
+
+def mrsw_align(words: np.ndarray, regions: Sequence[np.ndarray], *, pad_regions_to: int | None = None) -> Alignment:
+    """Exact MrSw of one query's words against each item's regions.
+
+    Zero fill (ALGORITHMS.md §4.4, reproduced from TERAN's ``AlignmentContrastiveLoss``): the reference
+    pads every image's region set to a fixed length and sets the padded alignment entries to **0, not
+    -inf**, so for an image with fewer regions than the padded length a word's maximum is
+    ``max(best valid similarity, 0)``. ``pad_regions_to=36`` reproduces TERAN's evaluation, where images
+    are padded to 36 regions (slot 0 already dropped); ``None`` uses the plain maximum over valid regions
+    (no padding). An item without regions scores 0 for every word either way.
+
+    Word trimming (dropping ``[CLS]``, ``[SEP]`` and the last word-piece, ALGORITHMS.md §4.4) is the
+    query encoder's job: ``words`` are the rows that take part.
+
+    Args:
+        words: ``float[L, E]`` query word vectors (L2-normalised).
+        regions: N arrays ``float[R_i, E]`` of region vectors (float16 accepted).
+        pad_regions_to: the padded region count of the reference, or ``None``.
+
+    Returns:
+        :class:`Alignment` with ``scores float32[N]``.
+    """
+    words = np.asarray(words, dtype=np.float32)
+    if words.ndim != 2:
+        raise ValueError(f"words must be (L, E); got shape {tuple(words.shape)}")
+    n, n_words = len(regions), words.shape[0]
+    best_sim = np.zeros((n, n_words), dtype=np.float32)
+    best_region = np.full((n, n_words), -1, dtype=np.int64)
+    counts = np.array([r.shape[0] for r in regions], dtype=np.int64)
+    nonempty = np.flatnonzero(counts > 0)
+    if nonempty.size:
+        stacked = np.concatenate([np.asarray(regions[i], dtype=np.float32) for i in nonempty])  # [sum R, E]
+        if stacked.shape[1] != words.shape[1]:
+            raise ValueError(f"region vectors have dimension {stacked.shape[1]} but word vectors {words.shape[1]}")
+        sims = stacked @ words.T  # [sum R, L]
+        starts = np.concatenate([[0], np.cumsum(counts[nonempty])[:-1]])
+        best_sim[nonempty] = np.maximum.reduceat(sims, starts, axis=0)
+        for i, s in zip(nonempty, starts, strict=True):
+            best_region[i] = np.argmax(sims[s : s + counts[i]], axis=0)  # region index within item i
+    if pad_regions_to is not None:
+        padded = (counts < pad_regions_to)[:, None] & (best_sim < 0)
+        best_sim = np.where(padded, 0.0, best_sim).astype(np.float32)
+        best_region = np.where(padded, -1, best_region)
+    return Alignment(scores=best_sim.sum(axis=1, dtype=np.float64).astype(np.float32), best_region=best_region, best_sim=best_sim)
+
+
+def maxsim_candidates(
+    scores: np.ndarray, items: np.ndarray, n_candidates: int, *, clip_at_zero: bool = False
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rank items from per-word nearest-region lists by an upper bound of their MrSw score.
+
+    For query word w the region index returned ``scores[w, j]`` for a region of item ``items[w, j]``.
+    An item's bound is ``sum_w m_w(item)``, where ``m_w`` is the item's best retrieved similarity for w,
+    or, when none of its regions was retrieved for w, the smallest similarity retrieved for w (no
+    unretrieved region can beat it under exact search). Any item never retrieved scores at most
+    ``sum_w min_j scores[w, j]``, which is returned as the bound for everything outside the list.
+
+    Args:
+        scores: ``float32[L, k]`` similarities, descending per row.
+        items: ``int64[L, k]`` item int ids (``-1`` = no result).
+        n_candidates: how many items to return.
+        clip_at_zero: bound each word's term below by 0 (TERAN's zero fill).
+
+    Returns:
+        ``(item_ids int64[C], bounds float32[C], outside_bound)`` sorted by decreasing bound.
+    """
+    valid = items >= 0
+    floor = np.where(valid, scores, np.inf).min(axis=1)  # [L]
+    floor = np.where(np.isfinite(floor), floor, 0.0)
+    if clip_at_zero:
+        floor = np.maximum(floor, 0.0)
+    uniq, inverse = np.unique(items[valid], return_inverse=True)
+    if uniq.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), float(floor.sum())
+    word_of = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)[valid]
+    best = np.tile(floor[None, :], (uniq.size, 1))  # [U, L]
+    np.maximum.at(best, (inverse, word_of), scores[valid])
+    if clip_at_zero:
+        best = np.maximum(best, 0.0)
+    bound = best.sum(axis=1)
+    order = np.argsort(-bound, kind="stable")[:n_candidates]
+    return uniq[order].astype(np.int64), bound[order].astype(np.float32), float(floor.sum())

@@ -1,0 +1,126 @@
+"""Synthetic data helpers for the index tests: a compositional "scene" generator written here (index must not
+depend on encoders), a bag-of-words query encoder and a numpy SCAN-like re-ranker implementing the
+index protocols structurally."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from index.twostage import RerankOutput
+from index.version import VersionedDir
+from storage import ImageEmbeddingStore
+from storage.records import ImageEmbeddingRecord, QueryEmbedding
+
+DIM = 32
+N_CONCEPTS = 40
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class Scene:
+    """Images made of regions around concept prototypes; concept ``c`` has the token ``"c{c}"``."""
+
+    def __init__(self, seed: int = 0, dim: int = DIM, n_concepts: int = N_CONCEPTS) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.prototypes = unit(self.rng.standard_normal((n_concepts, dim)))
+
+    def image(self, i: int, *, min_regions: int = 3, max_regions: int = 8, noise: float = 0.35) -> ImageEmbeddingRecord:
+        r = int(self.rng.integers(min_regions, max_regions + 1))
+        concepts = self.rng.choice(len(self.prototypes), size=r, replace=False)
+        regions = unit(self.prototypes[concepts] + noise * self.rng.standard_normal((r, self.dim)))
+        xy = self.rng.uniform(0, 60, size=(r, 2))
+        wh = self.rng.uniform(10, 40, size=(r, 2))
+        boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+        return ImageEmbeddingRecord(
+            image_id=f"img{i:06d}", uri=f"/data/img{i:06d}.jpg", boxes=boxes, region_embeddings=regions,
+            global_embedding=unit(regions.mean(axis=0)), width=100, height=100, labels=[f"c{c}" for c in concepts],
+        )
+
+    def images(self, n: int, start: int = 0, **kw: float) -> list[ImageEmbeddingRecord]:
+        return [self.image(i, **kw) for i in range(start, start + n)]
+
+
+class BagOfWordsEncoder:
+    """QueryEncoder: token ``c{j}`` -> prototype j (slightly perturbed, deterministic per token)."""
+
+    def __init__(self, prototypes: np.ndarray, noise: float = 0.05) -> None:
+        self.prototypes = prototypes
+        self.noise = noise
+
+    def encode_query(self, text: str) -> QueryEmbedding:
+        tokens = text.split()
+        vecs = []
+        for t in tokens:
+            j = int(t[1:])
+            jitter = np.random.default_rng(j).standard_normal(self.prototypes.shape[1])
+            vecs.append(self.prototypes[j] + self.noise * jitter)
+        words = unit(np.asarray(vecs, dtype=np.float32)).astype(np.float32)
+        return QueryEmbedding(text=text, tokens=tokens, word_embeddings=words,
+                              global_embedding=unit(words.mean(axis=0)).astype(np.float32))
+
+
+def scan_t2i(words: np.ndarray, regions: np.ndarray, lambda_softmax: float = 9.0, lambda_lse: float = 6.0) -> tuple[float, np.ndarray]:
+    """SCAN t2i, clipped_l2norm + LogSumExp, written as a plain per-pair computation (ALGORITHMS.md §3.2-3.3)."""
+    s = regions @ words.T  # [R, L]
+    u = np.where(s > 0, s, 0.1 * s)
+    s_bar = u / (np.sqrt((u**2).sum(axis=1, keepdims=True)) + 1e-8)
+    logits = lambda_softmax * s_bar
+    alpha = np.exp(logits - logits.max(axis=0, keepdims=True))
+    alpha /= alpha.sum(axis=0, keepdims=True)  # softmax over regions
+    attended = alpha.T @ regions  # [L, E]
+    cos = (attended * words).sum(1) / np.maximum(np.linalg.norm(attended, axis=1) * np.linalg.norm(words, axis=1), 1e-8)
+    score = np.log(np.exp(lambda_lse * cos).sum()) / lambda_lse
+    return float(score), alpha.T.astype(np.float32)
+
+
+class NumpyScanReranker:
+    """Reranker: SCAN-like attention in numpy; counts calls and candidates for the tests."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.candidates_seen = 0
+
+    def rerank(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> RerankOutput:
+        self.calls += 1
+        self.candidates_seen += len(candidates)
+        words = np.asarray(query.word_embeddings, np.float32)
+        out = [scan_t2i(words, np.asarray(c.region_embeddings, np.float32)) for c in candidates]
+        return RerankOutput(scores=np.array([s for s, _ in out], np.float32), word_region_weights=[w for _, w in out])
+
+
+def write_images(root: Path, records: list[ImageEmbeddingRecord]) -> ImageEmbeddingStore:
+    store = ImageEmbeddingStore(root)
+    with store.writer(encoder="synthetic", encoder_hash="0", embed_dim=records[0].embed_dim) as w:
+        for rec in records:
+            w.write(rec)
+    return ImageEmbeddingStore(root)
+
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(root: Path) -> Iterator[None]:
+    """Hold the publisher lock of index directory ``root`` in another thread for the block's duration."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with VersionedDir(root).lock():
+            holding.set()
+            release.wait(60)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        if not holding.wait(60):
+            raise TimeoutError(f"the helper thread never got the lock of {root}")
+        yield
+    finally:
+        release.set()
+        t.join(60)
