@@ -67,8 +67,13 @@ class BagOfWordsEncoder:
                               global_embedding=unit(words.mean(axis=0)).astype(np.float32))
 
 
-def scan_t2i(words: np.ndarray, regions: np.ndarray, lambda_softmax: float = 9.0, lambda_lse: float = 6.0) -> tuple[float, np.ndarray]:
-    """SCAN t2i, clipped_l2norm + LogSumExp, written as a plain per-pair computation (ALGORITHMS.md §3.2-3.3)."""
+def scan_t2i(
+    words: np.ndarray, regions: np.ndarray, lambda_softmax: float = 9.0, agg: str = "mean", lambda_lse: float = 6.0
+) -> tuple[float, np.ndarray]:
+    """SCAN t2i with clipped_l2norm, written as a plain per-pair computation (ALGORITHMS.md §3.2-3.3).
+
+    ``agg="mean"`` is SCAN's t-i AVG variant, ``"lse"`` its LogSumExp variant.
+    """
     s = regions @ words.T  # [R, L]
     u = np.where(s > 0, s, 0.1 * s)
     s_bar = u / (np.sqrt((u**2).sum(axis=1, keepdims=True)) + 1e-8)
@@ -77,7 +82,7 @@ def scan_t2i(words: np.ndarray, regions: np.ndarray, lambda_softmax: float = 9.0
     alpha /= alpha.sum(axis=0, keepdims=True)  # softmax over regions
     attended = alpha.T @ regions  # [L, E]
     cos = (attended * words).sum(1) / np.maximum(np.linalg.norm(attended, axis=1) * np.linalg.norm(words, axis=1), 1e-8)
-    score = np.log(np.exp(lambda_lse * cos).sum()) / lambda_lse
+    score = cos.mean() if agg == "mean" else np.log(np.exp(lambda_lse * cos).sum()) / lambda_lse
     return float(score), alpha.T.astype(np.float32)
 
 

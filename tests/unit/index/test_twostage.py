@@ -1,0 +1,168 @@
+"""Two-stage search against exhaustive scoring, stage scores against direct formulas, explanations,
+fusion, and image-to-text search against brute force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+from index_testdata import BagOfWordsEncoder, NumpyScanReranker, Scene, scan_t2i, write_images
+
+import index
+from index.twostage import QueryEncoder, RerankOutput, Reranker, exhaustive_search, fuse_scores
+from storage import ImageEmbeddingStore
+from storage.records import ImageEmbeddingRecord, QueryEmbedding
+
+QUERIES = ["c1 c5", "c3 c12 c30", "c7 c8", "c20 c21 c22 c23", "c0", "c39 c2"]
+
+
+def mrsw_loop(words: np.ndarray, regions: np.ndarray, pad_to: int | None = 36) -> float:
+    total = 0.0
+    for t in words:
+        best = max(float(np.dot(v, t)) for v in regions)
+        total += max(best, 0.0) if pad_to is not None and len(regions) < pad_to else best
+    return total
+
+
+@pytest.fixture
+def built(tmp_path: Path, image_store) -> tuple[Path, ImageEmbeddingStore, list[ImageEmbeddingRecord]]:
+    """The 600-image scene with auto-chosen (Flat) global and region indexes."""
+    store, records = image_store
+    index.build_indexes(store, tmp_path / "idx")
+    return tmp_path / "idx", store, records
+
+
+def test_protocols_are_structural(scene: Scene) -> None:
+    assert isinstance(BagOfWordsEncoder(scene.prototypes), QueryEncoder)
+    assert isinstance(NumpyScanReranker(), Reranker)
+
+
+@pytest.mark.parametrize("fusion", ["scan", "weighted"])
+def test_two_stage_agrees_with_exhaustive_scoring(built, scene: Scene, fusion: str) -> None:
+    idx, store, _ = built
+    enc, rr = BagOfWordsEncoder(scene.prototypes), NumpyScanReranker()
+    searcher = index.Searcher(idx, store, enc, rr, rerank_k=100, fusion=fusion, fusion_weight=0.7)
+    agree = []
+    for q in QUERIES:
+        hits = searcher.search(q, k=10)
+        ref = exhaustive_search(enc.encode_query(q), store.iter_records(), rr, 10, fusion=fusion, fusion_weight=0.7)
+        assert len(hits) == 10
+        agree.append(len({h.image_id for h in hits} & {h.image_id for h in ref}) / 10)
+        assert hits[0].image_id == ref[0].image_id and hits[0].score == pytest.approx(ref[0].score, abs=1e-5)
+    assert np.mean(agree) >= 0.95, agree
+
+
+def test_re_ranking_every_image_reproduces_exhaustive_scoring_exactly(built, scene: Scene) -> None:
+    idx, store, records = built
+    enc, rr = BagOfWordsEncoder(scene.prototypes), NumpyScanReranker()
+    searcher = index.Searcher(idx, store, enc, rr, rerank_k=len(records), n_candidates=len(records), region_k=4000)
+    for q in QUERIES[:3]:
+        hits = searcher.search(q, k=10)
+        ref = exhaustive_search(enc.encode_query(q), store.iter_records(), rr, 10)
+        assert [h.image_id for h in hits] == [h.image_id for h in ref]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], rtol=1e-6)
+
+
+def test_stage_scores_and_explanations_follow_the_formulas(built, scene: Scene) -> None:
+    idx, store, records = built
+    by_id = {r.image_id: r for r in store.iter_records()}
+    enc, rr = BagOfWordsEncoder(scene.prototypes), NumpyScanReranker()
+    searcher = index.Searcher(idx, store, enc, rr, rerank_k=30, fusion="weighted", fusion_weight=0.25)
+    q = enc.encode_query("c3 c12 c30")
+    hits = searcher.search("c3 c12 c30", k=5)
+    assert rr.calls == 1 and rr.candidates_seen == 30
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for h in hits:
+        rec = by_id[h.image_id]
+        regions = np.asarray(rec.region_embeddings, np.float32)
+        scan, alpha = scan_t2i(q.word_embeddings, regions)
+        mrsw = mrsw_loop(q.word_embeddings, regions)
+        assert h.stage_scores["mrsw"] == pytest.approx(mrsw, abs=1e-5)
+        assert h.stage_scores["scan"] == pytest.approx(scan, abs=1e-5)
+        assert h.score == pytest.approx(0.25 * scan + 0.75 * mrsw / 3, abs=1e-5)
+        assert h.stage_scores["first"] >= h.stage_scores["mrsw"] - 1e-4  # the MaxSim bound bounds MrSw
+        assert h.uri == rec.uri and h.boxes.shape == (rec.num_regions, 4)
+        assert [e.token for e in h.explanation] == ["c3", "c12", "c30"]
+        for w, e in enumerate(h.explanation):
+            assert e.region == int(np.argmax(alpha[w]))
+            assert e.weight == pytest.approx(float(alpha[w, e.region]), abs=1e-5)
+            assert e.box == pytest.approx(tuple(rec.boxes[e.region]))
+            assert e.similarity == pytest.approx(float(np.max(regions @ q.word_embeddings[w])), abs=1e-5) or e.similarity == 0.0
+
+
+def test_mrsw_only_search_equals_brute_force_mrsw(built, scene: Scene) -> None:
+    idx, store, _ = built
+    all_recs = list(store.iter_records())
+    enc = BagOfWordsEncoder(scene.prototypes)
+    searcher = index.Searcher(idx, store, enc, None, fusion="mrsw")
+    for q in QUERIES:
+        words = enc.encode_query(q).word_embeddings
+        ref = sorted(all_recs, key=lambda r: -mrsw_loop(words, np.asarray(r.region_embeddings, np.float32)))[:10]
+        hits = searcher.search(q, k=10)
+        assert [h.image_id for h in hits] == [r.image_id for r in ref]
+        assert "scan" not in hits[0].stage_scores
+        # without a re-ranker the explanation weight is the clipped MrSw similarity
+        e = hits[0].explanation[0]
+        assert e.weight == pytest.approx(min(max(e.similarity, 0.0), 1.0), abs=1e-5)
+
+
+def test_global_only_index_gives_candidates(tmp_path: Path, image_store, scene: Scene) -> None:
+    store, _ = image_store
+    index.build_indexes(store, tmp_path / "g", kind=("global",))
+    enc = BagOfWordsEncoder(scene.prototypes)
+    hits = index.Searcher(tmp_path / "g", store, enc, fusion="mrsw", global_k=100).search("c1 c5", k=5)
+    assert len(hits) == 5 and all(h.stage_scores["first"] <= 1.0 + 1e-5 for h in hits)
+
+
+def test_removed_images_are_never_returned(built, scene: Scene) -> None:
+    idx, store, _ = built
+    enc = BagOfWordsEncoder(scene.prototypes)
+    before = index.Searcher(idx, store, enc, fusion="mrsw").search("c1 c5", k=10)
+    index.remove_images(idx, [h.image_id for h in before[:5]])
+    after = index.Searcher(idx, store, enc, fusion="mrsw").search("c1 c5", k=10)
+    assert not {h.image_id for h in before[:5]} & {h.image_id for h in after}
+    assert [h.image_id for h in after[:5]] == [h.image_id for h in before[5:]]
+
+
+class BadReranker:
+    def rerank(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> RerankOutput:
+        return RerankOutput(scores=np.zeros(len(candidates) + 1, np.float32))
+
+
+def test_errors(built, scene: Scene) -> None:
+    idx, store, _ = built
+    enc = BagOfWordsEncoder(scene.prototypes)
+    with pytest.raises(ValueError, match="needs a reranker"):
+        index.Searcher(idx, store, enc)
+    with pytest.raises(ValueError, match="unknown fusion"):
+        index.Searcher(idx, store, enc, NumpyScanReranker(), fusion="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expected \\(40,\\)"):
+        index.Searcher(idx, store, enc, BadReranker(), rerank_k=40).search("c1", 5)
+    with pytest.raises(ValueError, match="caption_index_dir"):
+        index.Searcher(idx, store, enc, fusion="mrsw").search_captions("img000001", 3)
+    with pytest.raises(ValueError, match="fusion weight"):
+        fuse_scores(np.zeros(2), np.zeros(2), 2, fusion="weighted", weight=2.0)
+
+
+def test_search_captions_equals_brute_force(tmp_path: Path, caption_store) -> None:
+    captions, cap_records, images = caption_store
+    img_store = write_images(tmp_path / "imgs", images)
+    index.build_indexes(img_store, tmp_path / "img-idx", kind=("global",))
+    m = index.build_caption_indexes(captions, tmp_path / "cap-idx")
+    assert m.corpus == "captions" and set(m.indexes) == {"global", "word"}
+    enc = BagOfWordsEncoder(np.eye(32, dtype=np.float32))
+    searcher = index.Searcher(tmp_path / "img-idx", img_store, enc, fusion="mrsw",
+                              caption_index_dir=tmp_path / "cap-idx", captions=captions)
+    stored_caps = list(captions.iter_records())
+    hits_at_5 = 0
+    for img in images[:25]:
+        regions = np.asarray(img_store.get([img.image_id])[0].region_embeddings, np.float32)
+        ref = sorted(stored_caps, key=lambda c: -mrsw_loop(np.asarray(c.word_embeddings, np.float32), regions))[:5]
+        hits = searcher.search_captions(img.image_id, k=5)
+        assert [h.caption_id for h in hits] == [c.caption_id for c in ref]
+        assert hits[0].score == pytest.approx(mrsw_loop(np.asarray(ref[0].word_embeddings, np.float32), regions), abs=1e-5)
+        hits_at_5 += img.image_id in {h.image_id for h in hits}
+    # captions name the image's own concepts, so one of its 2 (out of 400) captions is usually in the top 5
+    assert hits_at_5 >= 10  # chance: ~0.6 of 25
