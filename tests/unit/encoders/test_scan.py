@@ -159,6 +159,16 @@ def test_attention_maps() -> None:
     att2 = xattn_i2t_attention(images, None, words)
     assert att2.shape == (3, 6, 4)
     torch.testing.assert_close(att2.sum(-1), torch.ones(3, 6, dtype=torch.float64))
+    # i2t with padded garbage regions: valid rows equal the reference's weights on the sliced image
+    noisy = images.clone()
+    noisy[1, 2:] = 50.0
+    att3 = xattn_i2t_attention(noisy, region_lens, words, lambda_softmax=4.0)
+    for i in range(3):
+        ctx, r = words[None], int(region_lens[i])
+        raw = torch.nn.functional.leaky_relu(torch.bmm(ctx, images[i : i + 1, :r].transpose(1, 2)), 0.1)  # [1, L, r]
+        raw = raw / (raw.pow(2).sum(dim=2, keepdim=True).sqrt() + 1e-8)
+        ref = torch.softmax(raw.transpose(1, 2) * 4.0, dim=2)[0]  # [r, L]
+        torch.testing.assert_close(att3[i, :r], ref)
 
 
 def test_mean_pool_scores_equals_loop() -> None:
