@@ -213,9 +213,8 @@ class _Generator:
     def build(self, start: int, stop: int) -> SyntheticDataset:
         """Images ``[start, stop)`` (``start`` even)."""
         feats, boxes, sizes, objs, attrs, caps, twin = [], [], [], [], [], [], []
-        n_total_groups_end = stop
         for g in range(start // 2, (stop + 1) // 2):
-            size = min(2, n_total_groups_end - 2 * g)
+            size = min(2, stop - 2 * g)  # the last group of an odd total holds one image
             for m, (f, b, wh, o, a, c, tw) in enumerate(self.group(g, size)):
                 feats.append(f)
                 boxes.append(b)
