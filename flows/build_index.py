@@ -18,9 +18,11 @@ def index_report_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for kind, info in (manifest.get("indexes") or {}).items():
         rows.append({
-            "index": kind, "spec": info.get("spec"), "vectors": info.get("ntotal"),
-            "recall_at_k": info.get("recall"), "k": info.get("k"), "search_param": info.get("search_params"),
-            "memory_mb": round(info.get("memory_bytes", 0) / 2**20, 2) if info.get("memory_bytes") else None,
+            "index": kind, "spec": info.get("spec"), "vectors": info.get("n_vectors"), "k": info.get("k"),
+            "recall_at_k": round(float(info.get("measured_recall", 0.0)), 4),
+            "current_recall": round(float(info.get("current_recall", 0.0)), 4),
+            "search_param": f"{info.get('search_param')}={info.get('search_value')}" if info.get("search_param") else None,
+            "memory_mb": round(info.get("memory_bytes", 0) / 2**20, 3),
         })
     return rows
 

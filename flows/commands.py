@@ -78,7 +78,7 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
                 continue
         stored = set(RegionStore(ws.regions).ids())
         ids = [i for i in dict.fromkeys(ids) if i in stored]
-        enc = encode_images(components.load_image_encoder(cfg.encode, cfg.extract.detector), ws.regions, ws.image_embeddings,
+        enc = encode_images(components.load_image_encoder(cfg.encode, cfg.extract.detector, RegionStore(ws.regions).feature_dim), ws.regions, ws.image_embeddings,
                             image_ids=ids, batch_size=cfg.encode.batch_size,
                             device=components.resolve_device(cfg.encode.device),
                             progress=(lambda d, t: progress("encode", d, t)) if progress else None)

@@ -8,6 +8,7 @@ worker loads each model once.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -51,18 +52,19 @@ def is_random_init(extract: ExtractConfig, encode: EncodeConfig) -> list[str]:
 
 
 @functools.lru_cache(maxsize=2)
-def _detector(name: str, weights: str | None, device: str, seed: int) -> Any:
+def _detector(name: str, weights: str | None, device: str, seed: int, options_json: str) -> Any:
     from extractors import get_detector
 
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = json.loads(options_json)
     if weights is None and name not in _DEMO_DETECTORS:
-        opts["seed"] = seed
+        opts.setdefault("seed", seed)
     return get_detector(name, weights=weights, device=device, **opts)
 
 
 def load_detector(cfg: ExtractConfig) -> Any:
     """The detector for ``cfg``, loaded once per process."""
-    return _detector(cfg.detector, str(cfg.weights) if cfg.weights else None, resolve_device(cfg.device), cfg.seed)
+    return _detector(cfg.detector, str(cfg.weights) if cfg.weights else None, resolve_device(cfg.device), cfg.seed,
+                     json.dumps(cfg.options, sort_keys=True))
 
 
 def label_names_for(detector: str) -> dict[int, str]:
@@ -85,32 +87,46 @@ def _grounded(text_model_path: str | None, detector: str, device: str) -> Any:
 
 
 @functools.lru_cache(maxsize=2)
-def _teran(checkpoint: str | None, model_name: str, text_model_path: str | None, device: str, seed: int) -> Any:
+def _teran(checkpoint: str | None, model_name: str, text_model_path: str | None, device: str, seed: int,
+           feature_dim: int | None) -> Any:
     import torch
 
     from encoders.checkpoint import load_model
-    from encoders.teran import create_encoder
+    from encoders.teran import create_encoder, get_model_cfg
 
     if checkpoint is not None:
-        return load_model(checkpoint, text_model_path=text_model_path, device=device)
+        model = load_model(checkpoint, text_model_path=text_model_path, device=device)
+        want = getattr(getattr(model, "cfg", None), "feature_dim", None)
+        if feature_dim is not None and want is not None and want != feature_dim:
+            raise ValueError(
+                f"checkpoint {checkpoint} expects {want}-d region features but the workspace's detector gives "
+                f"{feature_dim}-d; use the detector it was trained on, or another workspace"
+            )
+        return model
+    cfg = dict(get_model_cfg(model_name))
+    if feature_dim is not None:
+        cfg["feature_dim"] = feature_dim  # random init: fit the detector's feature width
     torch.manual_seed(seed)
-    return create_encoder(model_name, weights=None, text_model_path=text_model_path, device=device)
+    return create_encoder(cfg, weights=None, text_model_path=text_model_path, device=device)
 
 
-def load_image_encoder(cfg: EncodeConfig, detector: str) -> Any:
-    """The image-side encoder for ``cfg`` (grounded baseline or TERAN), loaded once per process."""
+def load_image_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None = None) -> Any:
+    """The image-side encoder for ``cfg`` (grounded baseline or TERAN), loaded once per process.
+
+    ``feature_dim`` is the region store's feature width (a random-init TERAN is built to fit it).
+    """
     device = resolve_device(cfg.device)
     tmp = str(cfg.text_model_path) if cfg.text_model_path else None
     if cfg.encoder == "grounded":
         return _grounded(tmp, detector, device)
-    return _teran(str(cfg.checkpoint) if cfg.checkpoint else None, cfg.model_name, tmp, device, cfg.seed)
+    return _teran(str(cfg.checkpoint) if cfg.checkpoint else None, cfg.model_name, tmp, device, cfg.seed, feature_dim)
 
 
-def load_query_encoder(cfg: EncodeConfig, detector: str) -> Any:
+def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None = None) -> Any:
     """An object with ``encode_query(text) -> QueryEmbedding`` (index.QueryEncoder protocol)."""
     from encoders.adapters import GroundedQueryEncoder, TeranQueryEncoder
 
-    model = load_image_encoder(cfg, detector)
+    model = load_image_encoder(cfg, detector, feature_dim)
     return GroundedQueryEncoder(model) if cfg.encoder == "grounded" else TeranQueryEncoder(model)
 
 
@@ -121,10 +137,16 @@ def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: Se
 
     reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax) if search.rerank_k > 0 else None
     return Searcher(
-        ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector), reranker=reranker,
+        ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector, _feature_dim(ws)), reranker=reranker,
         rerank_k=search.rerank_k, fusion=search.fusion if reranker is not None else "mrsw",
         fusion_weight=search.fusion_weight,
     )
+
+
+def _feature_dim(ws: Workspace) -> int | None:
+    from storage import RegionStore
+
+    return RegionStore(ws.regions).feature_dim
 
 
 def workspace_of(root: str | Path) -> Workspace:

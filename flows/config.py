@@ -7,7 +7,7 @@ arguments. Architecture configs live in ``encoders/model_configs/`` instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +74,7 @@ class ExtractConfig(_Frozen):
 
     detector: str = "butd-r101-c4"
     weights: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="backend options (thresholds, sizes, ...)")
     device: str = "auto"
     batch_size: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -150,5 +151,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     detector: str = "butd-r101-c4"
     detector_weights: Path | None = None
+    detector_options: dict[str, Any] = {}
     encoder_checkpoint: Path | None = None
+    encoder_model: str = "teran-coco"
+    images_per_task: int = 64
+    rows_per_shard: int = 256
     dask_address: str | None = None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 from flows import monitoring
 from flows.config import EncodeConfig, Workspace
-from flows.tasks import chunks, encode_shard_task
+from flows.tasks import chunks, ensure_device_limit, encode_shard_task
 
 __all__ = ["encode_flow"]
 
@@ -24,9 +24,10 @@ def encode_flow(ws: Workspace, cfg: EncodeConfig, detector: str, image_ids: list
     logger.info("%d images, %d already embedded, %d to encode with %s", len(wanted), len(wanted) - len(todo),
                 len(todo), cfg.encoder)
     parts = chunks(todo, cfg.images_per_task)
+    ensure_device_limit()
     progress = monitoring.Progress("encode-progress", len(parts), f"encode: {len(todo)} images in {len(parts)} shards")
     rows = []
-    for i, fut in enumerate(encode_shard_task.map(parts, ws=ws, cfg=cfg, detector=detector) if parts else []):
+    for i, fut in enumerate(encode_shard_task.map(parts, ws=unmapped(ws), cfg=unmapped(cfg), detector=unmapped(detector)) if parts else []):
         rows.append({"shard": i, **fut.result()})
         progress.advance()
     progress.finish()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 from flows import monitoring
 from flows.config import ExtractConfig, Workspace
-from flows.tasks import chunks, extract_shard_task, hash_images_task
+from flows.tasks import chunks, ensure_device_limit, extract_shard_task, hash_images_task
 
 __all__ = ["extract_regions_flow"]
 
@@ -33,10 +33,11 @@ def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -
     logger.info("%d images given, %d already stored, %d to extract, %d unreadable", len(images),
                 len(ok) - len(todo), len(todo), len(unreadable))
     parts = chunks(todo, cfg.images_per_task)
+    ensure_device_limit()
     progress = monitoring.Progress("extract-progress", len(parts), f"extract-regions: {len(todo)} images in {len(parts)} shards")
     rows: list[dict[str, Any]] = []
     failures = list(unreadable)
-    futures = extract_shard_task.map(parts, ws=ws, cfg=cfg) if parts else []
+    futures = extract_shard_task.map(parts, ws=unmapped(ws), cfg=unmapped(cfg)) if parts else []
     for i, fut in enumerate(futures):
         res = fut.result()
         failures += res.pop("failures")

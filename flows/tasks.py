@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 
 from flows import components
 from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
@@ -16,6 +19,7 @@ from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
 __all__ = [
     "DEVICE_LIMIT",
     "build_index_task",
+    "ensure_device_limit",
     "encode_shard_task",
     "extract_shard_task",
     "hash_images_task",
@@ -49,7 +53,7 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
     """Detect regions in one chunk of images and write them to the workspace's region store."""
     from extractors import extract
 
-    with concurrency(DEVICE_LIMIT, occupy=1, strict=False):
+    with device_slot():
         rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
                       num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard)
     return {
@@ -65,8 +69,8 @@ def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, de
     from encoders.embed import encode_images
     from storage import ImageEmbeddingStore, RegionStore
 
-    with concurrency(DEVICE_LIMIT, occupy=1, strict=False):
-        rep = encode_images(components.load_image_encoder(cfg, detector), RegionStore(ws.regions),
+    with device_slot():
+        rep = encode_images(components.load_image_encoder(cfg, detector, RegionStore(ws.regions).feature_dim), RegionStore(ws.regions),
                             ImageEmbeddingStore(ws.image_embeddings), image_ids=image_ids,
                             batch_size=cfg.batch_size, device=components.resolve_device(cfg.device))
     return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
@@ -80,7 +84,7 @@ def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
 
     manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.kinds, memory_budget=cfg.memory_budget,
                              target_recall=cfg.target_recall, seed=cfg.seed, ngpu=resolve_faiss_gpus(cfg.ngpu))
-    return manifest.to_dict()
+    return json.loads(manifest.to_json())
 
 
 @task(name="update-index", **_RETRY)
@@ -91,7 +95,23 @@ def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> 
 
     if not versions(ws.index_dir):
         return build_index_task.fn(ws, cfg)
-    return add_images(ws.index_dir, ws.image_embeddings, image_ids, ngpu=resolve_faiss_gpus(cfg.ngpu)).to_dict()
+    manifest = add_images(ws.index_dir, ws.image_embeddings, image_ids, ngpu=resolve_faiss_gpus(cfg.ngpu))
+    return json.loads(manifest.to_json())
+
+
+def ensure_device_limit(slots: int = 1) -> None:
+    """Create (or resize) the global concurrency limit that bounds model-running tasks per device."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(DEVICE_LIMIT, slots)
+
+
+def device_slot() -> Any:
+    """Hold a slot of the device concurrency limit inside a flow run; nothing when called directly (``.fn``)."""
+    if FlowRunContext.get() is None:
+        return contextlib.nullcontext()
+    return concurrency(DEVICE_LIMIT, occupy=1, strict=False)
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

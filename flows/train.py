@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, unmapped, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import monitoring
@@ -79,7 +79,7 @@ def import_features_flow(ws: Workspace, fmt: Literal["scan-precomp", "tsv", "tsv
                          split: str = "test", namespace: str = "coco") -> dict[str, Any]:
     """Import feature files users already hold into the workspace's region store (one task per file/folder)."""
     logger = get_run_logger()
-    results = [f.result() for f in import_task.map(fmt, paths, ws=ws, split=split, namespace=namespace)]
+    results = [f.result() for f in import_task.map(unmapped(fmt), paths, ws=unmapped(ws), split=unmapped(split), namespace=unmapped(namespace))]
     failures = [f for r in results for f in r.pop("failures")]
     monitoring.table("import-files", [{"path": p, **r} for p, r in zip(paths, results)], f"import of {fmt} features")
     monitoring.failures_table("import-failures", failures)

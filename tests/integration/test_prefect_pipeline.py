@@ -1,0 +1,139 @@
+"""The pipeline against a real Prefect server: flow/task states and artifacts through the API,
+a kill -9 mid-run followed by a resume, and a scheduled reindex served by `regionrank serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_BUTD, make_images, wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(images: Path, ws: Path, **extract: object):
+    from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
+
+    ext = {"detector": "butd-r101-c4", "options": TINY_BUTD, "device": "cpu", "images_per_task": 2, "rows_per_shard": 2,
+           "num_workers": 0, **extract}
+    return PipelineConfig(images=[images], workspace=Workspace(root=ws), extract=ExtractConfig(**ext),
+                          encode=EncodeConfig(encoder="teran", model_name="teran-tiny", device="cpu"))
+
+
+def _runs_by_flow(client) -> dict[str, list]:
+    flows = {f.id: f.name for f in client.read_flows()}
+    out: dict[str, list] = {}
+    for r in client.read_flow_runs(limit=200):
+        out.setdefault(flows[r.flow_id], []).append(r)
+    return out
+
+
+def test_pipeline_states_and_artifacts(prefect_server, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import index_images_flow
+    from storage import ImageEmbeddingStore, RegionStore
+
+    images = tmp_path / "images"
+    make_images(images, 5, seed=0)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    rep = index_images_flow(_cfg(images, tmp_path / "ws"))
+
+    assert (rep["stored"], rep["extracted"], rep["failed"], rep["encoded"], rep["index_version"]) == (5, 5, 1, 5, 1)
+    assert any("RANDOMLY INITIALISED" in n for n in rep["notes"])
+    assert len(RegionStore(tmp_path / "ws" / "regions")) == 5
+    assert len(ImageEmbeddingStore(tmp_path / "ws" / "embeddings" / "images")) == 5
+
+    with get_client(sync_client=True) as client:
+        runs = _runs_by_flow(client)
+        for name in ("index-images", "extract-regions", "encode", "build-index"):
+            assert name in runs and all(r.state_type.value == "COMPLETED" for r in runs[name]), name
+        parent = runs["index-images"][0]
+        tasks = client.read_task_runs()
+        extract_tasks = [t for t in tasks if t.name.startswith("extract-shard")]
+        assert len(extract_tasks) == 3 and all(t.state_type.value == "COMPLETED" for t in extract_tasks)
+        arts = {a.key: a for a in client.read_artifacts() if a.key}
+        assert {"run-report", "extract-progress", "extract-shards", "extract-failures", "encode-shards", "index-stats"} <= set(arts)
+        assert float(arts["extract-progress"].data) == 100.0
+        assert "broken.jpg" in str(arts["extract-failures"].data)
+        assert "regionrank run report" in arts["run-report"].data and "recall@k" in arts["run-report"].data
+        assert parent.state_name == "Completed"
+
+
+def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server, tmp_path: Path) -> None:
+    import json
+
+    from storage import RegionStore
+
+    images = tmp_path / "images"
+    make_images(images, 8, seed=1)
+    ws = tmp_path / "ws"
+    env = dict(os.environ, REGIONRANK_DETECTOR_OPTIONS=json.dumps(TINY_BUTD), REGIONRANK_IMAGES_PER_TASK="1",
+               REGIONRANK_ROWS_PER_SHARD="1", REGIONRANK_ENCODER_MODEL="teran-tiny", REGIONRANK_DEVICE="cpu")
+    cmd = [sys.executable, "-m", "flows.cli", "index", str(images), "-w", str(ws), "--detector", "butd-r101-c4",
+           "--encoder", "teran"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(list((ws / "regions").glob("regions-*.parquet"))) >= 2, timeout=240, what="two published shards")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    done_before = len(RegionStore(ws / "regions"))
+    assert 2 <= done_before < 8, "the kill should land part-way through extraction"
+
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    store = RegionStore(ws / "regions")
+    assert len(store) == 8 and len(store.ids()) == len(set(store.ids()))
+    rows = sum(b.num_rows for b in store.iter_batches(columns=["image_id"]))
+    assert rows == 8, "a resumed run must not write an image twice"
+    from index import open_index
+
+    assert open_index(ws / "index").manifest.n_items == 8
+
+
+def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import index_images_flow
+    from storage import RegionStore
+
+    images = tmp_path / "watched"
+    make_images(images, 2, seed=2)
+    ws = tmp_path / "ws"
+    index_images_flow(_cfg(images, ws))
+    make_images(images, 2, seed=3, start=10)  # a new batch lands in the watched folder
+
+    with get_client(sync_client=True) as client:
+        before = {r.id for r in client.read_flow_runs(limit=200)}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(images), "-w", str(ws), "--interval", "5"],
+                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        def finished_reindex():
+            with get_client(sync_client=True) as client:
+                runs = _runs_by_flow(client).get("reindex", [])
+                done = [r for r in runs if r.id not in before and r.state_type.value == "COMPLETED"]
+                return done or None
+
+        (run, *_) = wait_for(finished_reindex, timeout=300, what="a completed scheduled reindex run")
+        with get_client(sync_client=True) as client:
+            deps = {d.name for d in client.read_deployments()}
+        assert {"watched-folder", "on-demand"} <= deps
+        assert run.deployment_id is not None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len(RegionStore(ws / "regions")) == 4
+    from index import versions
+
+    assert len(versions(ws / "index")) >= 2
