@@ -92,3 +92,18 @@ def test_background_column_is_ignored(rng):
 def test_bad_bounds_raise():
     with pytest.raises(ValueError, match="min_boxes"):
         select_bottom_up(torch.zeros(3, 4), torch.zeros(3, 2), min_boxes=5, max_boxes=2)
+
+
+def test_per_class_nms_equals_torchvision_nms_per_class(rng):
+    from torchvision.ops import nms
+
+    from extractors.selection import per_class_nms
+
+    boxes, probs = _problem(rng, 40, 8, 1.5)
+    scores = torch.from_numpy(probs.T.copy())  # [K, R]
+    valid = scores >= 0.05
+    keep = per_class_nms(torch.from_numpy(boxes), scores, valid, 0.5)
+    for k in range(scores.shape[0]):
+        idx = valid[k].nonzero(as_tuple=True)[0]
+        want = set(idx[nms(torch.from_numpy(boxes)[idx], scores[k, idx], 0.5)].tolist())
+        assert set(keep[k].nonzero(as_tuple=True)[0].tolist()) == want
