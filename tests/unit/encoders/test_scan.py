@@ -266,3 +266,20 @@ def test_vocab_build_encode_roundtrip(tmp_path) -> None:
         Vocabulary.load(tmp_path / "none.json")
     with pytest.raises(ValueError, match="must start with"):
         Vocabulary(["a", "b"])
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    gen = torch.Generator().manual_seed(6)
+    images, captions = _unit(gen, 9, 7, 32, dtype=torch.float32), _unit(gen, 11, 10, 32, dtype=torch.float32)
+    cap_lens, region_lens = torch.randint(1, 11, (11,), generator=gen), torch.randint(1, 8, (9,), generator=gen)
+    for direction in ("t2i", "i2t"):
+        cpu = xattn_scores(images, captions, cap_lens, direction=direction, region_lens=region_lens)
+        gpu = xattn_scores(images.cuda(), captions.cuda(), cap_lens, direction=direction, region_lens=region_lens.cuda())
+        assert gpu.device.type == "cuda"
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+    model = _tiny_model()
+    tokens = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    feats = torch.randn(3, 4, 12, generator=gen)
+    ref = model(feats, [4, 2, 3], tokens, [4, 3])
+    torch.testing.assert_close(model.cuda()(feats.cuda(), [4, 2, 3], tokens.cuda(), [4, 3]).cpu(), ref, rtol=1e-4, atol=1e-4)
