@@ -54,7 +54,9 @@ def _print_hits(query: str, hits: list[Any]) -> None:
     for col in ("#", "image", "score", "mrsw", "scan", "best region per word"):
         t.add_column(col)
     for i, h in enumerate(hits, 1):
-        words = ", ".join(f"{e.word}→{e.label or 'region ' + str(e.region)} ({e.weight:.2f})" for e in h.explanation[:6])
+        words = ", ".join(
+            f"{e.token}→{getattr(e, 'label', None) or ('region ' + str(e.region) if e.region >= 0 else 'none')} ({e.similarity:.2f})"
+            for e in h.explanation[:6])
         sc = h.stage_scores
         t.add_row(str(i), Path(h.uri).name or h.image_id[:12], f"{h.score:.3f}", f"{sc.get('mrsw', float('nan')):.3f}",
                   f"{sc['scan']:.3f}" if "scan" in sc else "-", words)

@@ -18,7 +18,7 @@ __all__ = ["DEMO_QUERIES", "demo_images", "run_pipeline", "search", "status"]
 
 log = logging.getLogger(__name__)
 
-DEMO_QUERIES = ["a cat", "a cup of coffee on a table", "a woman in uniform", "a man holding a camera"]
+DEMO_QUERIES = ["a cat", "a cup of coffee", "a person"]
 
 
 def demo_images() -> Path:
@@ -54,7 +54,6 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
     """The pipeline without Prefect: the same library calls, in this process."""
     import time
 
-    from encoders.embed import encode_images
     from extractors import extract
     from flows import components
     from flows.components import is_random_init
@@ -78,10 +77,8 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
                 continue
         stored = set(RegionStore(ws.regions).ids())
         ids = [i for i in dict.fromkeys(ids) if i in stored]
-        enc = encode_images(components.load_image_encoder(cfg.encode, cfg.extract.detector, RegionStore(ws.regions).feature_dim), ws.regions, ws.image_embeddings,
-                            image_ids=ids, batch_size=cfg.encode.batch_size,
-                            device=components.resolve_device(cfg.encode.device),
-                            progress=(lambda d, t: progress("encode", d, t)) if progress else None)
+        enc = components.encode_images(cfg.encode, cfg.extract.detector, ws, ids,
+                                       progress=(lambda d, t: progress("encode", d, t)) if progress else None)
         if versions(ws.index_dir):
             manifest = add_images(ws.index_dir, ImageEmbeddingStore(ws.image_embeddings), ids)
         else:

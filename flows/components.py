@@ -19,6 +19,7 @@ from flows.device import resolve_device
 __all__ = [
     "RANDOM_INIT_NOTICE",
     "is_random_init",
+    "encode_images",
     "load_detector",
     "load_image_encoder",
     "load_query_encoder",
@@ -120,6 +121,22 @@ def load_image_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
     if cfg.encoder == "grounded":
         return _grounded(tmp, detector, device)
     return _teran(str(cfg.checkpoint) if cfg.checkpoint else None, cfg.model_name, tmp, device, cfg.seed, feature_dim)
+
+
+def encode_images(cfg: EncodeConfig, detector: str, ws: Workspace, image_ids: list[str],
+                  progress: Any = None) -> Any:
+    """Embed ``image_ids`` of the workspace's region store into its image-embedding store (resumable)."""
+    from storage import ImageEmbeddingStore, RegionStore
+
+    regions = RegionStore(ws.regions)
+    model = load_image_encoder(cfg, detector, regions.feature_dim)
+    out = ImageEmbeddingStore(ws.image_embeddings)
+    if cfg.encoder == "grounded":
+        return model.encode_images(regions, out, image_ids=image_ids, batch_size=cfg.batch_size, progress=progress)
+    from encoders.embed import encode_images as encode_with_model
+
+    return encode_with_model(model, regions, out, image_ids=image_ids, batch_size=cfg.batch_size,
+                             device=resolve_device(cfg.device), progress=progress)
 
 
 def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None = None) -> Any:

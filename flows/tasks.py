@@ -66,13 +66,8 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
 @task(name="encode-shard", tags=["device"], **_RETRY)
 def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str) -> dict[str, Any]:
     """Embed one chunk of images (region store -> image embedding store)."""
-    from encoders.embed import encode_images
-    from storage import ImageEmbeddingStore, RegionStore
-
     with device_slot():
-        rep = encode_images(components.load_image_encoder(cfg, detector, RegionStore(ws.regions).feature_dim), RegionStore(ws.regions),
-                            ImageEmbeddingStore(ws.image_embeddings), image_ids=image_ids,
-                            batch_size=cfg.batch_size, device=components.resolve_device(cfg.device))
+        rep = components.encode_images(cfg, detector, ws, image_ids)
     return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
 
 
