@@ -22,6 +22,11 @@ Reproduces the Caffe test network of peteanderson80/bottom-up-attention
   1601 columns (background included, as in the original).
 * Region selection of ``generate_tsv.py`` (§1.3, :mod:`extractors.selection`).
 
+Batching: the reference runs one image per forward pass; padding a batch to a
+common size changes features near the borders (airsplay #3). Here only images
+with the same network input size share a pass, with no padding at all, so a
+batched image gets the features it gets alone (to ~1e-5, kernel rounding).
+
 Box / feature convention: the returned boxes are the raw proposals (quirk #1 of
 ALGORITHMS.md), so the final box *is* the RoI each feature was pooled from; no
 re-pooling is needed and every feature belongs to its box. All NMS calls use
@@ -295,7 +300,9 @@ class BottomUpRCNN(nn.Module):
 
     def box_features(self, feats: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
         """``pool5``: ``FloatTensor[sum R_i, 2048]``, mean of res5 over the max-pooled RoI grid."""
-        pooled = self.roi_pool(feats, [r.to(feats.dtype) for r in rois])  # [R, 1024, P, P]
+        # RoIs stay float32 (bf16 would round coordinates by up to 4 px); under autocast
+        # torchvision's roi_pool runs in float32 anyway.
+        pooled = self.roi_pool(feats, rois)  # [R, 1024, P, P]
         return self.head(pooled).mean(dim=(2, 3))  # [R, 2048]
 
     def classify(self, pool5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

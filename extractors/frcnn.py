@@ -9,6 +9,11 @@ regressed boxes are not.
 
 Selection follows the bottom-up rule on the detections: keep scores >=
 ``conf_thresh``, at least ``min_boxes`` (top scores) and at most ``max_boxes``.
+
+Padding: inputs are zero-padded (after normalisation) to a multiple of 32, as
+torchvision does. A batch only ever holds images of one network size, so every
+image is padded exactly as it would be alone: batching does not change features
+beyond kernel rounding.
 """
 
 from __future__ import annotations
@@ -105,6 +110,8 @@ class TorchvisionFrcnnDetector:
         self._pre = TorchvisionPreprocessor(min_size, max_size)
         self.feature_dim = int(self.model.roi_heads.box_predictor.cls_score.in_features)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         self.config: dict[str, Any] = {
             "detector": self.name,
             "min_size": min_size,
@@ -140,6 +147,8 @@ class TorchvisionFrcnnDetector:
         x = torch.stack([im.tensor for im in images]).to(self.device)  # [N, 3, H, W]
         h, w = x.shape[-2:]
         x = F.pad(x, (0, (32 - w % 32) % 32, 0, (32 - h % 32) % 32))
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         image_list = ImageList(x, [(int(h), int(w))] * len(images))
         amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else torch.autocast("cpu", enabled=False)
         with amp:

@@ -156,3 +156,20 @@ def test_full_size_reference_network(rng):
     assert tuple(prepared.tensor.shape[1:]) == (600, 800)
     (out,) = det.detect([prepared])
     assert 10 <= out.num_regions <= 100 and out.features.shape[1] == 2048
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(rng):
+    """fp32 on CUDA agrees with the CPU; the default bf16 autocast + channels_last path runs and stays finite."""
+    rgb = rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
+    cpu = create_butd_detector(seed=0, **TINY)
+    prepared = cpu.preprocessor(rgb)
+    (want,) = cpu.detect([prepared])
+    exact = create_butd_detector(seed=0, device="cuda", amp=None, **TINY)
+    (got,) = exact.detect([prepared])
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-2)
+    np.testing.assert_allclose(got.features, want.features, rtol=1e-3, atol=1e-3)
+    fast = create_butd_detector(seed=0, device="cuda", **TINY)
+    assert fast.config["amp"] == "bfloat16"
+    (half,) = fast.detect([prepared, prepared])[:1]
+    assert np.isfinite(half.features).all() and half.features.shape[1] == 2048
