@@ -214,7 +214,8 @@ class Searcher:
         reranker: a :class:`Reranker`, or ``None`` (then ``fusion`` must be ``"mrsw"``).
         rerank_k: candidates re-ranked (100-256 is typical; ALBEF/BLIP use 128-256).
         n_candidates: candidates scored exactly by MrSw (default ``max(2 * rerank_k, 256)``).
-        region_k: nearest regions retrieved per query word.
+        region_k: nearest regions retrieved per query word (ColBERT-style k'; the MaxSim bound ranks
+            the union, so a few dozen per word suffice).
         global_k: nearest images retrieved by global vector (0 disables the global index).
         fusion: ``"scan"``, ``"weighted"`` or ``"mrsw"``; fusion_weight: the weight of the re-ranker.
         pad_regions_to: TERAN's zero fill (see :func:`index.alignment.mrsw_align`); 36 follows the
@@ -234,7 +235,7 @@ class Searcher:
         rerank_k: int = 128,
         n_candidates: int | None = None,
         region_k: int = 256,
-        global_k: int = 256,
+        global_k: int = 128,
         fusion: Fusion = "scan",
         fusion_weight: float = 0.5,
         pad_regions_to: int | None = 36,

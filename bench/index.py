@@ -1,0 +1,172 @@
+"""Benchmark regionrank's index construction against autofaiss, and incremental adds against a rebuild.
+
+On a clustered synthetic set (unit vectors around Gaussian centres; recall on uniform random data is
+meaningless, ENVIRONMENT.md §4) it measures, for regionrank's automatic choice (``build_vector_index``:
+choose, train, add, tune to a target recall) and for autofaiss's ``build_index`` (same vectors, same
+memory budget, inner product): recall@10 of held-out queries against exact search, queries/s, build
+time, index size. Then, through the public API on a real ``ImageEmbeddingStore``, the time to add 1%
+new images to a published index (``index.add_images``) against a full rebuild (``index.build_indexes``).
+
+    python bench/index.py [--quick] [--json] [--n 100000] [--dim 1024]
+
+autofaiss is optional (``pip install autofaiss``; its metadata pins numpy<2, so install it with
+``--no-deps`` plus embedding-reader, fire, termcolor and pandas into a separate folder on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import index  # noqa: E402
+from index._faiss import import_faiss  # noqa: E402
+from index.tuning import exact_knn, recall_at_k  # noqa: E402
+from storage import ImageEmbeddingStore  # noqa: E402
+from storage.records import ImageEmbeddingRecord  # noqa: E402
+
+
+def clustered(n: int, d: int, n_centres: int, seed: int, noise: float = 0.6, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors around ``n_centres`` random centres (float32), and the centres."""
+    rng = np.random.default_rng(seed)
+    if centres is None:
+        centres = rng.standard_normal((n_centres, d)).astype(np.float32) / np.sqrt(d)
+    x = np.empty((n, d), np.float32)
+    for s in range(0, n, 65536):
+        m = min(65536, n - s)
+        block = centres[rng.integers(0, len(centres), m)] + noise * rng.standard_normal((m, d)).astype(np.float32) / np.sqrt(d)
+        x[s : s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x, centres
+
+
+def qps(search, xq: np.ndarray, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        search(xq)
+        best = min(best, time.perf_counter() - t)
+    return len(xq) / best
+
+
+def bench_ours(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: str, target: float, k: int) -> dict:
+    t = time.perf_counter()
+    ann, info, _ = index.build_vector_index(xb, np.arange(len(xb)), memory_budget=budget, target_recall=target, k=k, seed=0)
+    build_s = time.perf_counter() - t
+    _, found = ann.search(xq, k)
+    return {
+        "spec": info.spec, "search_param": info.search_param, "search_value": info.search_value,
+        "recall_at_10": recall_at_k(found, truth, k), "tuned_recall": info.measured_recall, "build_s": build_s,
+        "qps": qps(lambda q: ann.search(q, k), xq), "memory_bytes": info.memory_bytes,
+    }
+
+
+def bench_autofaiss(xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: str, k: int, workdir: Path) -> dict | None:
+    try:
+        from autofaiss import build_index
+    except ImportError:
+        logging.warning("autofaiss is not importable; skipping the comparison (see this file's docstring)")
+        return None
+    t = time.perf_counter()
+    idx, infos = build_index(  # in memory: its JSON dump of the infos fails on numpy-2 floats
+        embeddings=xb, save_on_disk=False, index_path=None, index_infos_path=None,
+        max_index_memory_usage=budget, current_memory_available="16G", metric_type="ip", verbose=logging.ERROR,
+    )
+    build_s = time.perf_counter() - t
+    size = int(import_faiss().serialize_index(idx).size)
+    _, found = idx.search(xq, k)
+    return {
+        "spec": (infos or {}).get("index_key", "?"), "index_param": (infos or {}).get("index_param", "?"),
+        "recall_at_10": recall_at_k(found, truth, k), "build_s": build_s,
+        "qps": qps(lambda q: idx.search(q, k), xq), "memory_bytes": size,
+    }
+
+
+def write_store(root: Path, xb: np.ndarray, start: int) -> ImageEmbeddingStore:
+    store = ImageEmbeddingStore(root)
+    no_boxes = np.zeros((0, 4), np.float32)
+    no_regions = np.zeros((0, xb.shape[1]), np.float32)
+    with store.writer(encoder="bench-clustered", encoder_hash="0", embed_dim=xb.shape[1], rows_per_shard=8192) as w:
+        for i, v in enumerate(xb):
+            w.write(ImageEmbeddingRecord(image_id=f"img{start + i:08d}", uri="", boxes=no_boxes,
+                                         region_embeddings=no_regions, global_embedding=v))
+    return ImageEmbeddingStore(root)
+
+
+def bench_incremental(xb: np.ndarray, new: np.ndarray, budget: str, target: float, k: int, workdir: Path) -> dict:
+    store = write_store(workdir / "emb", np.concatenate([xb, new]), 0)
+    ids = [f"img{i:08d}" for i in range(len(xb) + len(new))]
+    kw = dict(kind=("global",), memory_budget=budget, target_recall=target, k=k, seed=0)
+    t = time.perf_counter()
+    index.build_indexes(store, workdir / "idx", image_ids=ids[: len(xb)], **kw)
+    base_s = time.perf_counter() - t
+    t = time.perf_counter()
+    added = index.add_images(workdir / "idx", store, ids[len(xb) :])
+    add_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rebuilt = index.build_indexes(store, workdir / "rebuilt", **kw)
+    rebuild_s = time.perf_counter() - t
+    return {
+        "base_build_s": base_s, "add_s": add_s, "rebuild_s": rebuild_s, "incremental_over_rebuild": add_s / rebuild_s,
+        "added": len(new), "recall_after_add": added.indexes["global"].current_recall,
+        "recall_after_rebuild": rebuilt.indexes["global"].measured_recall, "rebuild_due": added.rebuild_due,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="10k x 128-d: about a minute")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    p.add_argument("--n", type=int, default=None, help="database vectors (default 100000, quick 10000)")
+    p.add_argument("--dim", type=int, default=None, help="dimension (default 1024, quick 128)")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--memory-budget", default="4G")
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--no-autofaiss", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    n = args.n or (10_000 if args.quick else 100_000)
+    d = args.dim or (128 if args.quick else 1024)
+    k = 10
+    n_centres = max(16, n // 50)
+    xb, centres = clustered(n, d, n_centres, seed=0)
+    xq, _ = clustered(args.queries, d, n_centres, seed=1, centres=centres)
+    new, _ = clustered(max(1, n // 100), d, n_centres, seed=2, centres=centres)
+    _, truth = exact_knn(xb, np.arange(n), xq, k)
+    result: dict = {"n": n, "dim": d, "queries": len(xq), "memory_budget": args.memory_budget,
+                    "target_recall": args.target_recall, "threads": os.environ.get("OMP_NUM_THREADS", "default")}
+    ours = bench_ours(xb, xq, truth, args.memory_budget, args.target_recall, k)
+    result.update({"recall_at_10": ours["recall_at_10"], "build_s": ours["build_s"], "qps": ours["qps"], "ours": ours})
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+        af = None if args.no_autofaiss else bench_autofaiss(xb, xq, truth, args.memory_budget, k, Path(tmp))
+        if af is not None:
+            result.update({"autofaiss_recall_at_10": af["recall_at_10"], "autofaiss_build_s": af["build_s"],
+                           "autofaiss_qps": af["qps"], "autofaiss": af})
+        inc = bench_incremental(xb, new, args.memory_budget, args.target_recall, k, Path(tmp))
+    result.update({"incremental_over_rebuild": inc["incremental_over_rebuild"], "incremental": inc})
+    lines = [
+        f"{n} x {d} clustered vectors, {len(xq)} held-out queries, budget {args.memory_budget}, target recall@10 {args.target_recall}",
+        f"regionrank: {ours['spec']} {ours['search_param']}={ours['search_value']}: recall@10 {ours['recall_at_10']:.4f}, "
+        f"build {ours['build_s']:.1f} s, {ours['qps']:.0f} QPS, {ours['memory_bytes'] / 2**20:.0f} MiB",
+    ]
+    if af is not None:
+        lines.append(f"autofaiss:  {af['spec']} ({af['index_param']}): recall@10 {af['recall_at_10']:.4f}, "
+                     f"build {af['build_s']:.1f} s, {af['qps']:.0f} QPS, {af['memory_bytes'] / 2**20:.0f} MiB")
+    lines.append(f"incremental: add {inc['added']} (1%) in {inc['add_s']:.2f} s vs rebuild {inc['rebuild_s']:.1f} s "
+                 f"= {inc['incremental_over_rebuild']:.3f}; probe recall after add {inc['recall_after_add']:.4f}")
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps(result, default=float))
+    return result
+
+
+if __name__ == "__main__":
+    main()

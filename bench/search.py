@@ -1,0 +1,172 @@
+"""Benchmark two-stage search (MaxSim/global candidates -> exact MrSw -> SCAN re-rank) against
+exhaustive TERAN + SCAN scoring of every image.
+
+A clustered "scene" of images (regions near concept prototypes in a joint space, 10-36 regions per
+image) is written to an ``ImageEmbeddingStore`` and indexed with ``index.build_indexes`` (automatic
+choice, tuned to the target recall). Queries name 2-4 concepts; a bag-of-words query encoder maps each
+token to its prototype plus noise. The re-ranker is the real SCAN code (``encoders.adapters.ScanReranker``,
+t2i, clipped_l2norm, lambda_softmax 9). For every query it compares the top-10 of ``Searcher.search``
+with the top-10 of ``index.exhaustive_search`` (exact MrSw and SCAN on every image, same fusion), and
+the latencies of both with the region vectors already in memory (the algorithms), plus the two-stage
+latency when candidates are fetched from the Parquet store.
+
+    python bench/search.py [--quick] [--json] [--n 10000] [--dim 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import index  # noqa: E402
+from storage import ImageEmbeddingStore  # noqa: E402
+from storage.records import ImageEmbeddingRecord, QueryEmbedding  # noqa: E402
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Scene:
+    """Images whose regions sit near concept prototypes (noise ``noise / sqrt(d)`` per entry)."""
+
+    def __init__(self, n_concepts: int, dim: int, seed: int = 0, noise: float = 0.7) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.prototypes = unit(self.rng.standard_normal((n_concepts, dim)))
+        self.noise = noise / np.sqrt(dim)
+        self.dim = dim
+
+    def images(self, n: int, regions: tuple[int, int]) -> Iterator[ImageEmbeddingRecord]:
+        for i in range(n):
+            r = int(self.rng.integers(regions[0], regions[1] + 1))
+            concepts = self.rng.integers(0, len(self.prototypes), r)
+            emb = unit(self.prototypes[concepts] + self.noise * self.rng.standard_normal((r, self.dim)))
+            xy = self.rng.uniform(0, 500, (r, 2))
+            boxes = np.concatenate([xy, xy + self.rng.uniform(20, 140, (r, 2))], axis=1).astype(np.float32)
+            yield ImageEmbeddingRecord(image_id=f"img{i:08d}", uri=f"synthetic://img{i:08d}", boxes=boxes,
+                                       region_embeddings=emb, global_embedding=unit(emb.mean(0)), width=640, height=640)
+
+
+class BagOfConcepts:
+    """QueryEncoder: token ``c{j}`` -> prototype j plus deterministic noise."""
+
+    def __init__(self, scene: Scene, noise: float = 0.3) -> None:
+        self.scene = scene
+        self.noise = noise / np.sqrt(scene.dim)
+
+    def encode_query(self, text: str) -> QueryEmbedding:
+        tokens = text.split()
+        rng = np.random.default_rng(abs(hash(text)) % 2**32)
+        words = unit(self.scene.prototypes[[int(t[1:]) for t in tokens]] + self.noise * rng.standard_normal((len(tokens), self.scene.dim)))
+        return QueryEmbedding(text=text, tokens=tokens, word_embeddings=words, global_embedding=unit(words.mean(0)))
+
+
+class MemoryEmbeddings:
+    """The store's records held in memory (what both algorithms read in the in-memory comparison)."""
+
+    def __init__(self, records: list[ImageEmbeddingRecord], root: str) -> None:
+        self.records = {r.image_id: r for r in records}
+        self.root = root
+
+    def ids(self) -> list[str]:
+        return list(self.records)
+
+    def get(self, keys: Sequence[str]) -> list[ImageEmbeddingRecord]:
+        return [self.records[k] for k in keys]
+
+    def iter_records(self, *, batch_size: int = 256) -> Iterator[ImageEmbeddingRecord]:
+        return iter(self.records.values())
+
+
+def timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2000 images x 64-d, 10 queries: under a minute")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    p.add_argument("--n", type=int, default=None, help="images (default 10000, quick 2000)")
+    p.add_argument("--dim", type=int, default=None, help="embedding dimension (default 256, quick 64)")
+    p.add_argument("--queries", type=int, default=None, help="queries (default 30, quick 10)")
+    p.add_argument("--concepts", type=int, default=None, help="concept vocabulary (default n/20)")
+    p.add_argument("--rerank-k", type=int, default=128)
+    p.add_argument("--region-k", type=int, default=256, help="nearest regions per query word")
+    p.add_argument("--global-k", type=int, default=128, help="nearest images by global vector")
+    p.add_argument("--fusion", default="weighted", choices=["scan", "weighted", "mrsw"],
+                   help="final score: SCAN only, BLIP-style weighted sum with MrSw/L (default), or MrSw only")
+    p.add_argument("--agg", default="LogSumExp", choices=["LogSumExp", "Mean"], help="SCAN aggregation")
+    p.add_argument("--target-recall", type=float, default=0.95)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from encoders.adapters import ScanReranker  # the real SCAN code; only the benchmark imports encoders
+
+    n = args.n or (2000 if args.quick else 10_000)
+    dim = args.dim or (64 if args.quick else 256)
+    n_queries = args.queries or (10 if args.quick else 30)
+    scene = Scene(args.concepts or max(50, n // 20), dim)
+    reranker = ScanReranker(agg_func=args.agg)
+    enc = BagOfConcepts(scene)
+    qrng = np.random.default_rng(7)
+    queries = [" ".join(f"c{c}" for c in qrng.choice(len(scene.prototypes), int(qrng.integers(2, 5)), replace=False))
+               for _ in range(n_queries)]
+    result: dict[str, Any] = {"n_images": n, "dim": dim, "queries": n_queries, "rerank_k": args.rerank_k,
+                              "region_k": args.region_k, "global_k": args.global_k,
+                              "fusion": args.fusion, "scan_agg": args.agg}
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        store = ImageEmbeddingStore(Path(tmp) / "emb")
+        with store.writer(encoder="bench-scene", encoder_hash="0", embed_dim=dim, rows_per_shard=2048) as w:
+            for rec in scene.images(n, (10, 36)):
+                w.write(rec)
+        store = ImageEmbeddingStore(Path(tmp) / "emb")
+        manifest, build_s = timed(index.build_indexes, store, Path(tmp) / "idx", target_recall=args.target_recall)
+        records = list(store.iter_records())
+        memory = MemoryEmbeddings(records, store.root)
+        kw = dict(rerank_k=args.rerank_k, fusion=args.fusion, region_k=args.region_k, global_k=args.global_k)
+        searcher = index.Searcher(Path(tmp) / "idx", memory, enc, reranker if args.fusion != "mrsw" else None, **kw)
+        from_store = index.Searcher(Path(tmp) / "idx", store, enc, reranker if args.fusion != "mrsw" else None, **kw)
+        agree, t_two, t_exh, t_store = [], [], [], []
+        for q in queries:
+            hits, dt = timed(searcher.search, q, 10)
+            t_two.append(dt)
+            _, dt = timed(from_store.search, q, 10)
+            t_store.append(dt)
+            ref, dt = timed(index.exhaustive_search, enc.encode_query(q), records, reranker, 10, fusion=args.fusion)
+            t_exh.append(dt)
+            agree.append(len({h.image_id for h in hits} & {h.image_id for h in ref}) / 10)
+    result.update({
+        "top10_agreement": float(np.mean(agree)), "min_query_agreement": float(np.min(agree)),
+        "two_stage_ms": 1e3 * statistics.median(t_two), "two_stage_store_ms": 1e3 * statistics.median(t_store),
+        "exhaustive_ms": 1e3 * statistics.median(t_exh),
+        "speedup": statistics.median(t_exh) / statistics.median(t_two),
+        "speedup_with_store_reads": statistics.median(t_exh) / statistics.median(t_store),
+        "build_s": build_s, "n_regions": manifest.indexes["region"].n_vectors,
+        "indexes": {k: {"spec": v.spec, "search_value": v.search_value, "recall": v.measured_recall}
+                    for k, v in manifest.indexes.items()},
+    })
+    print(f"{n} images ({result['n_regions']} regions) x {dim}-d, {n_queries} queries, rerank_k {args.rerank_k}, "
+          f"fusion {args.fusion}, SCAN {args.agg}; indexes {result['indexes']} built in {build_s:.1f} s")
+    print(f"top-10 agreement with exhaustive TERAN+SCAN: {result['top10_agreement']:.4f} (worst query {result['min_query_agreement']:.1f})")
+    print(f"median latency: two-stage {result['two_stage_ms']:.1f} ms (from the Parquet store {result['two_stage_store_ms']:.1f} ms), "
+          f"exhaustive {result['exhaustive_ms']:.0f} ms: speedup {result['speedup']:.0f}x "
+          f"({result['speedup_with_store_reads']:.0f}x with store reads)")
+    if args.json:
+        print(json.dumps(result, default=float))
+    return result
+
+
+if __name__ == "__main__":
+    main()
