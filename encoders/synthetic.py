@@ -40,6 +40,7 @@ __all__ = [
     "OBJECT_NAMES",
     "SyntheticDataset",
     "iter_compositional_chunks",
+    "binding_ceiling",
     "make_compositional_dataset",
     "twin_accuracy",
     "write_to_store",
@@ -69,6 +70,8 @@ class SyntheticDataset:
         widths / heights: ``int64[N]`` image sizes in pixels.
         objects / attributes: per image ``int64[R_i]`` object and attribute id of every region.
         captions: ``5 N`` strings (``captions_per_image`` per image); caption ``k·i + j`` ↔ image ``i``.
+        caption_regions: per caption, the indices (into its image's regions) of the regions it names, in
+            mention order: the ground-truth word-region grounding.
         caption_image: ``int64[len(captions)]`` image index (local to this dataset) of each caption.
         twin: ``int64[N]`` global index of the image's attribute-swap twin, ``-1`` when it has none.
         image_ids: ``N`` ids (sha256 of the generator settings and the image's global index).
@@ -83,6 +86,7 @@ class SyntheticDataset:
     objects: list[np.ndarray]
     attributes: list[np.ndarray]
     captions: list[str]
+    caption_regions: list[tuple[int, ...]]
     caption_image: np.ndarray
     twin: np.ndarray
     image_ids: list[str]
@@ -158,24 +162,26 @@ class _Generator:
         )
         self.namespace = "synthetic-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _caption(self, rng: np.random.Generator, objs: np.ndarray, attrs: np.ndarray, boxes: np.ndarray) -> str:
+    def _caption(
+        self, rng: np.random.Generator, objs: np.ndarray, attrs: np.ndarray, boxes: np.ndarray
+    ) -> tuple[str, tuple[int, ...]]:
         def np_(r: int) -> str:
             return f"a {self.attributes[attrs[r]]} {self.objects[objs[r]]}"
 
         k = len(objs)
         kind = rng.choice(4, p=(0.5, 0.25, 0.1, 0.15)) if k >= 3 else rng.choice(3, p=(0.6, 0.3, 0.1))
-        pick = rng.permutation(k)
+        pick = [int(r) for r in rng.permutation(k)]
         if kind == 0:
-            text = f"{np_(pick[0])} {_relation(boxes[pick[0]], boxes[pick[1]])} {np_(pick[1])}"
+            text, used = f"{np_(pick[0])} {_relation(boxes[pick[0]], boxes[pick[1]])} {np_(pick[1])}", pick[:2]
         elif kind == 1:
-            text = f"{np_(pick[0])} and {np_(pick[1])}"
+            text, used = f"{np_(pick[0])} and {np_(pick[1])}", pick[:2]
         elif kind == 2:
-            text = np_(pick[0])
+            text, used = np_(pick[0]), pick[:1]
         else:
-            text = f"{np_(pick[0])} , {np_(pick[1])} and {np_(pick[2])}"
+            text, used = f"{np_(pick[0])} , {np_(pick[1])} and {np_(pick[2])}", pick[:3]
         if rng.random() < 0.3:
             text = f"{_PREFIXES[rng.integers(len(_PREFIXES))]} {text}"
-        return text
+        return text, tuple(used)
 
     def _image(
         self, rng: np.random.Generator, objs: np.ndarray, attrs: np.ndarray, boxes: np.ndarray, wh: tuple[int, int]
@@ -186,7 +192,7 @@ class _Generator:
         b = boxes + jitter
         b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, wh[0])
         b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, wh[1])
-        caps = [self._caption(rng, objs, attrs, b) for _ in range(self.cpi)]
+        caps = [self._caption(rng, objs, attrs, b) for _ in range(self.cpi)]  # (text, mentioned regions)
         return feats, b.astype(np.float32), caps
 
     def group(self, g: int, size: int) -> list[tuple[np.ndarray, ...]]:
@@ -213,6 +219,7 @@ class _Generator:
     def build(self, start: int, stop: int) -> SyntheticDataset:
         """Images ``[start, stop)`` (``start`` even)."""
         feats, boxes, sizes, objs, attrs, caps, twin = [], [], [], [], [], [], []
+        mentions: list[tuple[int, ...]] = []
         for g in range(start // 2, (stop + 1) // 2):
             size = min(2, stop - 2 * g)  # the last group of an odd total holds one image
             for m, (f, b, wh, o, a, c, tw) in enumerate(self.group(g, size)):
@@ -221,13 +228,14 @@ class _Generator:
                 sizes.append(wh)
                 objs.append(o)
                 attrs.append(a)
-                caps.extend(c)
+                caps.extend(text for text, _ in c)
+                mentions.extend(used for _, used in c)
                 twin.append(2 * g + (1 - m) if tw else -1)
         n = len(feats)
         wh_arr = np.array(sizes, dtype=np.int64).reshape(n, 2)
         return SyntheticDataset(
             region_feats=feats, boxes=boxes, widths=wh_arr[:, 0], heights=wh_arr[:, 1], objects=objs,
-            attributes=attrs, captions=caps, caption_image=np.arange(n * self.cpi, dtype=np.int64) // self.cpi,
+            attributes=attrs, captions=caps, caption_regions=mentions, caption_image=np.arange(n * self.cpi, dtype=np.int64) // self.cpi,
             twin=np.array(twin, dtype=np.int64), image_ids=[external_image_id(self.namespace, start + i) for i in range(n)],
             offset=start, object_names=self.objects, attribute_names=self.attributes,
         )
@@ -433,3 +441,22 @@ def twin_accuracy(sims: np.ndarray | torch.Tensor, ds: SyntheticDataset) -> dict
         t2i.append(win(arr[img, own], arr[other, own]))
         i2t.append(win(arr[img, own].max(), arr[img, theirs].max()))
     return {"t2i": float(np.concatenate(t2i).mean()), "i2t": float(np.mean(i2t)), "pairs": int(len(pairs))}
+
+
+def binding_ceiling(ds: SyntheticDataset) -> float:
+    """Expected text→image R@1 (percent) of an ideal model that ignores spatial relations.
+
+    The ideal model knows exactly which (attribute, object) pairs every image holds and scores a
+    caption by whether all its named pairs are present; ties (several images hold all of them, e.g.
+    for a one-object caption) are broken at random. Region-word models without box geometry
+    (SCAN) cannot exceed this on average; relations ("left of") are needed to go beyond it.
+
+    Returns:
+        ``100 · mean_c 1 / #{images holding every pair named by caption c}``.
+    """
+    held = [set(zip(a.tolist(), o.tolist(), strict=True)) for a, o in zip(ds.attributes, ds.objects, strict=True)]
+    share = []
+    for img, regions in zip(ds.caption_image.tolist(), ds.caption_regions, strict=True):
+        named = {(int(ds.attributes[img][r]), int(ds.objects[img][r])) for r in regions}
+        share.append(1.0 / sum(named <= h for h in held))
+    return float(100.0 * np.mean(share))

@@ -42,6 +42,7 @@ def test_chunks_equal_in_memory_dataset() -> None:
     chunks = list(iter_compositional_chunks(51, chunk_size=10, feature_dim=16, seed=1))
     assert [c.offset for c in chunks] == list(range(0, 51, 10))
     assert sum((c.captions for c in chunks), []) == full.captions
+    assert sum((c.caption_regions for c in chunks), []) == full.caption_regions
     assert sum((c.image_ids for c in chunks), []) == full.image_ids
     np.testing.assert_array_equal(np.concatenate([c.twin for c in chunks]), full.twin)
     np.testing.assert_array_equal(np.concatenate([f for c in chunks for f in c.region_feats]), np.concatenate(full.region_feats))
@@ -73,10 +74,11 @@ def test_structure_shapes_and_layout() -> None:
 def test_captions_describe_their_image_and_geometry() -> None:
     ds = make_compositional_dataset(80, feature_dim=8, seed=5)
     n_rel = 0
-    for text, img in zip(ds.captions, ds.caption_image, strict=True):
+    for text, img, mentioned in zip(ds.captions, ds.caption_image, ds.caption_regions, strict=True):
         names = {(ds.attribute_names[a], ds.object_names[o]): r for r, (o, a) in enumerate(zip(ds.objects[img], ds.attributes[img], strict=True))}
         phrases = _NP.findall(text.replace("a photo of ", "").replace("an image with ", ""))
         assert phrases and all(p in names for p in phrases), (text, names)
+        assert [names[p] for p in phrases] == list(mentioned)  # ground-truth grounding, in mention order
         m = _REL.search(text)
         if m:
             n_rel += 1
@@ -109,6 +111,19 @@ def test_twins_swap_attributes_and_defeat_global_pooling() -> None:
     # ... and a bag-of-words of the captions is the same multiset of (attribute, object) words
     for a, b in pairs[:5]:
         assert sorted(ds.attribute_names[x] for x in ds.attributes[a]) == sorted(ds.attribute_names[x] for x in ds.attributes[b])
+
+
+def test_binding_ceiling_equals_phrase_count_from_text() -> None:
+    from encoders.synthetic import binding_ceiling
+
+    ds = make_compositional_dataset(120, feature_dim=4, seed=9, n_objects=10, n_attributes=8, regions_per_image=(2, 5))
+    held = [{(ds.attribute_names[a], ds.object_names[o]) for o, a in zip(ds.objects[i], ds.attributes[i], strict=True)} for i in range(120)]
+    shares = []
+    for text in ds.captions:
+        named = set(_NP.findall(text.replace("a photo of ", "").replace("an image with ", "")))
+        shares.append(1 / sum(named <= h for h in held))
+    assert binding_ceiling(ds) == pytest.approx(100 * np.mean(shares))
+    assert binding_ceiling(ds) < 100.0
 
 
 def test_twin_accuracy_oracle_and_chance() -> None:
