@@ -137,3 +137,38 @@ def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None
     from index import versions
 
     assert len(versions(ws / "index")) >= 2
+
+
+def test_map_stages_scale_out_on_a_dask_cluster(prefect_server, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import index_images_flow
+
+    images = tmp_path / "images"
+    make_images(images, 4, seed=4)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        cfg = _cfg(images, tmp_path / "ws").model_copy(update={"dask_address": cluster.scheduler_address})
+        rep = index_images_flow(cfg)
+        assert (rep["stored"], rep["encoded"]) == (4, 4)
+        with distributed.Client(cluster.scheduler_address) as dc:
+            ran_on = dc.run(lambda: __import__("sys").modules.get("extractors") is not None)
+        assert any(ran_on.values()), "the extract tasks should have run inside the Dask worker processes"
+        with get_client(sync_client=True) as client:
+            runs = [r for r in _runs_by_flow(client)["extract-regions"] if r.state_type.value == "COMPLETED"]
+        assert runs
+    finally:
+        cluster.close()
+
+
+def test_second_run_on_a_busy_workspace_fails_clearly(tmp_path: Path) -> None:
+    from flows import commands
+    from storage import StoreLockedError, exclusive_lock
+
+    images = tmp_path / "images"
+    make_images(images, 1, seed=5)
+    cfg = _cfg(images, tmp_path / "ws")
+    with exclusive_lock(cfg.workspace.lock):
+        with pytest.raises(StoreLockedError, match=r"another writer holds the lock on .*ws.*pid \d+"):
+            commands.run_pipeline(cfg, incremental=True, orchestrate=False)
