@@ -229,7 +229,10 @@ def xattn_scores(
     # captions sorted by length so that each chunk pads to a similar length; columns restored at the end
     order = torch.argsort(cap_len, stable=True)
     captions, cap_len = captions[order], cap_len[order]
-    img_chunk = min(n_image, max(1, math.isqrt(chunk_size)))
+    # about sqrt(chunk_size) each way, giving the rest to the other side when one side is small
+    # (one query against K candidates is a single K x 1 chunk)
+    cap_chunk = min(n_caption, max(1, math.isqrt(chunk_size)))
+    img_chunk = min(n_image, max(1, chunk_size // cap_chunk))
     cap_chunk = min(n_caption, max(1, chunk_size // img_chunk))
     rows = []
     for i0 in range(0, n_image, img_chunk):
