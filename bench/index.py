@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--memory-budget", default="4G")
     p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--noise", type=float, default=1.0,
+                   help="per-vector noise norm relative to the centre norm (1.0: cos(x, centre) ~ 0.7)")
     p.add_argument("--no-autofaiss", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -137,11 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
     d = args.dim or (128 if args.quick else 1024)
     k = 10
     n_centres = max(16, n // 50)
-    xb, centres = clustered(n, d, n_centres, seed=0)
-    xq, _ = clustered(args.queries, d, n_centres, seed=1, centres=centres)
-    new, _ = clustered(max(1, n // 100), d, n_centres, seed=2, centres=centres)
+    xb, centres = clustered(n, d, n_centres, seed=0, noise=args.noise)
+    xq, _ = clustered(args.queries, d, n_centres, seed=1, noise=args.noise, centres=centres)
+    new, _ = clustered(max(1, n // 100), d, n_centres, seed=2, noise=args.noise, centres=centres)
     _, truth = exact_knn(xb, np.arange(n), xq, k)
-    result: dict = {"n": n, "dim": d, "queries": len(xq), "memory_budget": args.memory_budget,
+    result: dict = {"n": n, "dim": d, "noise": args.noise, "queries": len(xq), "memory_budget": args.memory_budget,
                     "target_recall": args.target_recall, "threads": os.environ.get("OMP_NUM_THREADS", "default")}
     ours = bench_ours(xb, xq, truth, args.memory_budget, args.target_recall, k)
     result.update({"recall_at_10": ours["recall_at_10"], "build_s": ours["build_s"], "qps": ours["qps"], "ours": ours})
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         inc = bench_incremental(xb, new, args.memory_budget, args.target_recall, k, Path(tmp))
     result.update({"incremental_over_rebuild": inc["incremental_over_rebuild"], "incremental": inc})
     lines = [
-        f"{n} x {d} clustered vectors, {len(xq)} held-out queries, budget {args.memory_budget}, target recall@10 {args.target_recall}",
+        f"{n} x {d} clustered vectors (noise {args.noise}), {len(xq)} held-out queries, budget {args.memory_budget}, target recall@10 {args.target_recall}",
         f"regionrank: {ours['spec']} {ours['search_param']}={ours['search_value']}: recall@10 {ours['recall_at_10']:.4f}, "
         f"build {ours['build_s']:.1f} s, {ours['qps']:.0f} QPS, {ours['memory_bytes'] / 2**20:.0f} MiB",
     ]

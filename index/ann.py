@@ -196,9 +196,17 @@ class AnnIndex:
         return np.setdiff1d(ids, self.tombstones) if len(self.tombstones) else ids
 
     def memory_bytes(self) -> int:
-        """Size of the serialised index in bytes (close to its RAM footprint)."""
+        """Size of the serialised index in bytes (close to its RAM footprint); counted, not buffered."""
         faiss = import_faiss()
-        return int(faiss.serialize_index(self._cpu).size)
+        total = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal total
+            total += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(self._cpu, faiss.PyCallbackIOWriter(count))
+        return total
 
     def save(self, path: Path) -> None:
         """Write the CPU index to ``path`` (tombstones are saved next to it as ``<path>.tombstones.npy``)."""

@@ -263,7 +263,9 @@ def _stage_full_build(
 def _publish(vd: VersionedDir, manifest: Manifest, anns: dict[str, AnnIndex], probes: dict[str, RecallProbe], idmap: IdMap) -> None:
     with vd.stage() as tmp:
         for kind, ann in anns.items():
-            ann.save(tmp / manifest.indexes[kind].file)
+            info = manifest.indexes[kind]
+            ann.save(tmp / info.file)
+            info.memory_bytes = (tmp / info.file).stat().st_size  # the serialised size, as written
             probes[kind].save(tmp / f"{kind}.probe.npz")
         idmap.save(tmp)
         manifest.write(tmp)
@@ -388,7 +390,6 @@ def _finish_update(
         info.n_vectors = anns[kind].n_alive
         info.tombstones = len(anns[kind].tombstones)
         info.current_recall = probes[kind].measure(anns[kind]) if info.search_param else 1.0
-        info.memory_bytes = anns[kind].memory_bytes()
     reason = _rebuild_reason(manifest, anns)
     history = [*manifest.history, event]
     parent = manifest.version

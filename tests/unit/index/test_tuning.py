@@ -113,3 +113,22 @@ def test_probe_round_trips(tmp_path) -> None:
     assert back.k == 3
     np.testing.assert_array_equal(back.gt_ids, probe.gt_ids)
     np.testing.assert_array_equal(back.queries, probe.queries)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n", "family"), [(30_000, "hnsw"), (120_000, "ivf")])
+def test_automatic_choice_meets_the_target_on_fresh_queries_at_scale(n: int, family: str) -> None:
+    from index.build import build_vector_index
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((n // 50, 64))
+    def sample(m: int) -> np.ndarray:
+        x = centres[rng.integers(0, len(centres), m)] + 0.5 * rng.standard_normal((m, 64))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    xb, xq = sample(n), sample(500)
+    ann, info, _ = build_vector_index(xb, np.arange(n), target_recall=0.95, k=10)
+    assert ann.spec.family == family and info.target_met
+    _, truth = exact_knn(xb, np.arange(n), xq, 10)
+    _, found = ann.search(xq, 10)
+    # queries never seen in tuning still reach the target, up to sampling noise
+    assert recall_at_k(found, truth, 10) >= 0.93
