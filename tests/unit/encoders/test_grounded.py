@@ -35,9 +35,21 @@ def test_region_vectors_are_label_vectors_and_global_is_their_mean(encoder):
     expected = encoder.embed_phrases(["cat", "couch", "cat"])
     np.testing.assert_array_equal(rec.region_embeddings, expected)
     np.testing.assert_allclose(np.linalg.norm(rec.region_embeddings, axis=1), 1.0, rtol=1e-5)
-    mean = expected.mean(0)
-    np.testing.assert_allclose(rec.global_embedding, mean / np.linalg.norm(mean), rtol=1e-5)
     np.testing.assert_array_equal(rec.boxes, np.tile([[0, 0, 10, 10]], (3, 1)))
+    assert encoder.label_bag_text(rec.labels) == "a photo of 2 cat, 1 couch"
+    np.testing.assert_allclose(rec.global_embedding, sentence_reference(encoder, "a photo of 2 cat, 1 couch"), atol=1e-6)
+    q = encoder.encode_query("Two cats on a couch")
+    np.testing.assert_allclose(q.global_embedding, sentence_reference(encoder, "Two cats on a couch"), atol=1e-6)
+
+
+def sentence_reference(encoder, text):
+    """Mean of all token states of the sentence ([CLS] and [SEP] included), L2-normalised."""
+    import torch
+
+    ids = encoder.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        v = encoder.text_model(input_ids=ids).last_hidden_state[0].mean(0)
+    return (v / v.norm()).numpy()
 
 
 def test_query_word_matches_region_label_with_cosine_one(encoder):
