@@ -114,10 +114,19 @@ def load_text_model(
     """
     from transformers import AutoConfig, AutoModel
 
+    from transformers.utils import logging as hf_logging
+
     folder = _check_folder(default_text_model_path() if path is None else path)
     tokenizer = load_tokenizer(folder)
     if pretrained:
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        # transformers 5 draws a "Loading weights" progress bar on stderr for every load; keep logs clean.
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
     else:
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
     return tokenizer, model.to(device)

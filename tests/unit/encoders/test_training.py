@@ -221,3 +221,15 @@ def test_teran_tiny_learns_the_compositional_benchmark_and_beats_global_pooling_
     assert teran_fig["twin_t2i"] > 0.85
     assert glob_fig["twin_t2i"] < 0.65 and pool_fig["twin_t2i"] < 0.65  # global pooling cannot bind attributes
     assert teran_fig["t2i_r1"] > pool_fig["t2i_r1"] + 20
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_with_amp_produces_a_cpu_loadable_checkpoint(dataset, tmp_path):
+    store, captions = dataset
+    report = training.train(tiny_cfg(), store, captions, tmp_path / "gpu", epochs=2, seed=0, device="cuda", amp=True)
+    assert all(np.isfinite(e.loss) for e in report.epochs) and report.epochs[-1].val is not None
+    model = load_model(report.checkpoint)  # CPU
+    assert next(model.parameters()).device.type == "cpu"
+    metrics = training.evaluate(report.checkpoint, store, captions, split="val", device="cuda")
+    cpu_metrics = training.evaluate(model, store, captions, split="val")
+    assert metrics["t2i"]["r1"] == pytest.approx(cpu_metrics["t2i"]["r1"], abs=100 / 6 + 1e-6)  # at most one rank flip
