@@ -189,7 +189,7 @@ def check_store_owner(store: Any, ids: Sequence[str], encoder_hash: str) -> None
 
 
 def encode_images(
-    checkpoint_or_model: nn.Module | str | os.PathLike[str],
+    checkpoint_or_model: Any,
     region_store: RegionStore | str | os.PathLike[str],
     out: ImageEmbeddingStore | str | os.PathLike[str],
     *,
@@ -204,7 +204,8 @@ def encode_images(
     Ids already in ``out`` are skipped, so an interrupted run resumes where it stopped.
 
     Args:
-        checkpoint_or_model: a model or a checkpoint folder.
+        checkpoint_or_model: a model, a checkpoint folder, or an ``encoders.grounded.GroundedEncoder``
+            (then its own ``encode_images`` runs; ``device`` is the encoder's).
         region_store: the region shards (store or path).
         out: the image-embedding store (store or path); one model per store.
         device: where the model runs.
@@ -219,6 +220,11 @@ def encode_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if hasattr(checkpoint_or_model, "encode_record"):  # the label-grounded baseline encodes by itself
+        return checkpoint_or_model.encode_images(  # type: ignore[union-attr]
+            region_store, out, batch_size=batch_size, image_ids=image_ids, rows_per_shard=rows_per_shard,
+            progress=progress,
+        )
     start = time.perf_counter()
     model = resolve_model(checkpoint_or_model, device=device)
     regions = region_store if isinstance(region_store, RegionStore) else RegionStore(region_store)

@@ -97,7 +97,9 @@ def test_encode_images_writes_labelled_records_and_resumes(encoder, tmp_path):
     out = ImageEmbeddingStore(tmp_path / "img")
     rep = encoder.encode_images(regions, out, image_ids=regions.ids()[:2])
     assert (rep.written, rep.encoder) == (2, "grounded-minilm")
-    rep = encoder.encode_images(regions, out, batch_size=1)
+    from encoders.embed import encode_images
+
+    rep = encode_images(encoder, regions, out, batch_size=1)  # the generic entry point delegates
     assert (rep.written, rep.skipped_existing) == (1, 2)
     stored = out.get([f"{2:064x}"])[0]
     assert stored.labels == ["car", "traffic light", "person"] and stored.embed_dim == 16
