@@ -110,3 +110,19 @@ def test_scan_round_trip_keeps_vocabulary(tmp_path):
     base = scan.MeanPoolBaseline(len(vocab), img_dim=6, embed_size=8, word_dim=4)
     base.vocab = vocab
     assert type(checkpoint.load_model(checkpoint.save_checkpoint(tmp_path / "b", base))) is scan.MeanPoolBaseline
+
+
+@pytest.mark.slow
+def test_minilm_backed_model_round_trips_without_the_package_folder(tmp_path):
+    from encoders.teran import load_teran_cfg
+
+    cfg = load_teran_cfg("teran-coco").replace(feature_dim=16, visual_layers=1, visual_ff=32, embed_dim=32,
+                                               top_layers=1, top_ff=32)
+    model = create_encoder(cfg).eval()
+    folder = checkpoint.save_checkpoint(tmp_path / "ck", model)
+    assert (folder / "text_model" / "config.json").is_file() and (folder / "text_model" / "tokenizer.json").is_file()
+    loaded = checkpoint.load_model(folder)
+    assert checkpoint.model_hash(loaded) == checkpoint.model_hash(model)
+    tokens = model.tokenize(["a man riding a horse on the beach"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(tokens)[0], model.encode_text(tokens)[0], rtol=0, atol=0)
