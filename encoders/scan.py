@@ -265,30 +265,44 @@ def _chunk_scores(
     lambda_softmax: float,
     lambda_lse: float,
 ) -> torch.Tensor:
-    """Scores ``[ni, nc]`` of one chunk. Works in the GEMM's own contiguous layout ``[ni, R, nc, L]``."""
-    ni, n_r, d = img.shape
-    nc, n_l, _ = cap.shape
-    s = (img.reshape(ni * n_r, d) @ cap.reshape(nc * n_l, d).t()).view(ni, n_r, nc, n_l)  # [ni, R, nc, L]
-    word_ok = w_mask[None, None]  # [1, 1, nc, L]
-    region_ok = None if r_mask is None else r_mask[:, :, None, None]  # [ni, R, 1, 1]
-    if direction == "t2i":  # query = words (dim 3), context = regions (dim 1)
-        alpha = _attention(s, norm, lambda_softmax, region_ok, word_ok, cdim=1, qdim=3)  # [ni, R, nc, L]
-        gram = img @ img.transpose(1, 2)  # [ni, R, R]
-        g_alpha = torch.bmm(gram, alpha.reshape(ni, n_r, nc * n_l)).view(ni, n_r, nc, n_l)
-        rel = _relevance(alpha, s, g_alpha, cap.norm(dim=-1)[None], cdim=1)  # [ni, nc, L]
-        return _aggregate(rel, agg, lambda_lse, w_mask[None])
-    # i2t: query = regions (dim 1), context = words (dim 3)
-    alpha = _attention(s, norm, lambda_softmax, word_ok, region_ok, cdim=3, qdim=1)  # [ni, R, nc, L]
-    gram = cap @ cap.transpose(1, 2)  # [nc, L, L] (symmetric)
-    g_alpha = torch.bmm(alpha.permute(2, 0, 1, 3).reshape(nc, ni * n_r, n_l), gram)  # [nc, ni*R, L]
-    g_alpha = g_alpha.view(nc, ni, n_r, n_l).permute(1, 2, 0, 3)  # [ni, R, nc, L]
-    rel = _relevance(alpha, s, g_alpha, img.norm(dim=-1)[:, :, None], cdim=3)  # [ni, R, nc]
-    return _aggregate(rel.transpose(1, 2), agg, lambda_lse, None if r_mask is None else r_mask[:, None])
+    """Scores ``[ni, nc]`` of one chunk (t2i: regions are the context; i2t: words are)."""
+    if direction == "t2i":
+        return _attend(img, r_mask, cap, w_mask, norm, agg, lambda_softmax, lambda_lse)
+    return _attend(cap, w_mask, img, r_mask, norm, agg, lambda_softmax, lambda_lse).t()
+
+
+def _attend(
+    ctx: torch.Tensor,
+    ctx_mask: torch.Tensor | None,
+    qry: torch.Tensor,
+    qry_mask: torch.Tensor | None,
+    norm: str,
+    agg: str,
+    lambda_softmax: float,
+    lambda_lse: float,
+) -> torch.Tensor:
+    """Scores ``[n_a, n_b]``: every query set ``qry[b]`` attends to every context set ``ctx[a]``.
+
+    ``ctx``: ``[n_a, C, d]``, ``qry``: ``[n_b, Q, d]``, padded items zeroed. Everything stays in the
+    matrix product's own contiguous layout ``[n_a, C, n_b, Q]``: the softmax runs over dim 1 and the
+    context Gram matrix is applied with one ``bmm`` (no permuted copies).
+    """
+    n_a, n_c, d = ctx.shape
+    n_b, n_q, _ = qry.shape
+    s = (ctx.reshape(n_a * n_c, d) @ qry.reshape(n_b * n_q, d).t()).view(n_a, n_c, n_b, n_q)  # [n_a, C, n_b, Q]
+    ctx_ok = None if ctx_mask is None else ctx_mask[:, :, None, None]  # [n_a, C, 1, 1]
+    qry_ok = None if qry_mask is None else qry_mask[None, None]  # [1, 1, n_b, Q]
+    alpha = _attention(s, norm, lambda_softmax, ctx_ok, qry_ok, cdim=1, qdim=3)  # [n_a, C, n_b, Q]
+    gram = ctx @ ctx.transpose(1, 2)  # [n_a, C, C]
+    g_alpha = torch.bmm(gram, alpha.reshape(n_a, n_c, n_b * n_q)).view(n_a, n_c, n_b, n_q)
+    rel = _relevance(alpha, s, g_alpha, qry.norm(dim=-1)[None], cdim=1)  # [n_a, n_b, Q]
+    return _aggregate(rel, agg, lambda_lse, None if qry_mask is None else qry_mask[None])  # [n_a, n_b]
 
 
 def _one_query(
     images: torch.Tensor, region_lens: Any | None, words: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validated inputs of the attention-map functions: images with padded regions zeroed, and the mask."""
     if not isinstance(words, torch.Tensor) or words.ndim != 2:
         raise ValueError(
             f"words must be a 2-D [L, d] tensor (one caption, true length); got {getattr(words, 'shape', type(words))}"
@@ -296,11 +310,10 @@ def _one_query(
     _validate_pair(images, words[None])
     n_image, n_region, _ = images.shape
     if region_lens is None:
-        return (images @ words.t())[:, :, None], None  # [ni, R, 1, L]
+        return images, None
     reg_len = _lengths("region_lens", region_lens, n_image, n_region, images.device)
     mask = torch.arange(n_region, device=images.device)[None, :] < reg_len[:, None]  # [ni, R]
-    images = images * mask[..., None].to(images.dtype)  # padded regions score exactly 0 (see _normalise_raw)
-    return (images @ words.t())[:, :, None], mask
+    return images * mask[..., None].to(images.dtype), mask  # padded regions score exactly 0 (see _normalise_raw)
 
 
 def xattn_t2i_attention(
@@ -324,7 +337,8 @@ def xattn_t2i_attention(
         each ``[i, j, :]`` sums to 1 and padded regions are 0.
     """
     _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
-    s, mask = _one_query(images, region_lens, words)  # [ni, R, 1, L]
+    images, mask = _one_query(images, region_lens, words)
+    s = (images @ words.t())[:, :, None]  # [ni, R, 1, L]: context = regions (dim 1)
     ctx = None if mask is None else mask[:, :, None, None]
     return _attention(s, raw_feature_norm, lambda_softmax, ctx, None, cdim=1, qdim=3)[:, :, 0].transpose(1, 2)
 
@@ -346,9 +360,10 @@ def xattn_i2t_attention(
         each row sums to 1 (rows of padded regions are computed but meaningless).
     """
     _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
-    s, mask = _one_query(images, region_lens, words)  # [ni, R, 1, L]
-    q_mask = None if mask is None else mask[:, :, None, None]
-    return _attention(s, raw_feature_norm, lambda_softmax, None, q_mask, cdim=3, qdim=1)[:, :, 0]
+    images, mask = _one_query(images, region_lens, words)
+    s = (words @ images.reshape(-1, images.shape[-1]).t()).view(1, words.shape[0], *images.shape[:2])  # [1, L, ni, R]
+    q_mask = None if mask is None else mask[None, None]
+    return _attention(s, raw_feature_norm, lambda_softmax, None, q_mask, cdim=1, qdim=3)[0].permute(1, 2, 0)
 
 
 def mean_pool_scores(
