@@ -570,8 +570,15 @@ class TeranModel(nn.Module):
         return total
 
 
-def build_text_backbone(cfg: TeranCfg, text_model_path: str | Path | None = None, *, pretrained: bool = True):
-    """(tokenizer, text model) for a config: the installed MiniLM, a local folder, or a random tiny BERT."""
+def build_text_backbone(
+    cfg: TeranCfg, text_model_path: str | Path | None = None, *, pretrained: bool = True
+) -> tuple[Any, nn.Module]:
+    """``(tokenizer, text model)`` for a config: the installed MiniLM, a local folder, or a random tiny BERT.
+
+    Raises:
+        ValueError: ``text_model="random"`` without ``text_bert_config``.
+        FileNotFoundError: the folder does not exist.
+    """
     if cfg.text_model == "random" and text_model_path is None:
         if not cfg.text_bert_config:
             raise ValueError(f"config {cfg.name!r} has text_model='random' but no text_bert_config")
