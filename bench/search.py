@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
             for rec in scene.images(n, (10, 36)):
                 w.write(rec)
         store = ImageEmbeddingStore(Path(tmp) / "emb")
-        manifest, build_s = timed(index.build_indexes, store, Path(tmp) / "idx", target_recall=args.target_recall)
+        # tune the region index on word-like queries (what it serves), not on region vectors
+        tune_words = np.concatenate([enc.encode_query(f"c{c}").word_embeddings
+                                     for c in np.random.default_rng(11).integers(0, len(scene.prototypes), 500)])
+        manifest, build_s = timed(index.build_indexes, store, Path(tmp) / "idx", target_recall=args.target_recall,
+                                  tuning_queries={"region": tune_words})
         records = list(store.iter_records())
         memory = MemoryEmbeddings(records, store.root)
         kw = dict(rerank_k=args.rerank_k, fusion=args.fusion, region_k=args.region_k, global_k=args.global_k)

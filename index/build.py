@@ -140,6 +140,7 @@ def build_vector_index(
     n_tune_queries: int = DEFAULT_TUNE_QUERIES,
     ngpu: int = 0,
     kind: str = "global",
+    tuning_queries: np.ndarray | None = None,
 ) -> tuple[AnnIndex, IndexInfo, RecallProbe]:
     """Choose (or take) an index for ``xb``, train it on a sample, add everything, tune it to a recall.
 
@@ -154,6 +155,9 @@ def build_vector_index(
         n_tune_queries: held-out queries (database vectors not in the training sample, leave-one-out).
         ngpu: GPUs to train/add/search on (-1 all, 0 CPU); ignored without a GPU faiss build.
         kind: label stored in the returned :class:`IndexInfo`.
+        tuning_queries: ``float[Q, D]`` queries to tune on instead of held-out database vectors, e.g.
+            caption word vectors for a region index (text queries against image vectors behave
+            differently from image-to-image queries; ALGORITHMS.md §8, clip-retrieval #76).
 
     Returns:
         ``(index, info, probe)``: the tuned index, its manifest entry, and the recall probe used for
@@ -188,7 +192,10 @@ def build_vector_index(
     pool = perm[n_train:] if n - n_train >= min(n_tune_queries, n) else perm
     query_rows = np.sort(pool[: min(n_tune_queries, n - 1 if n > 1 else 1)])
     t1 = time.perf_counter()
-    probe = RecallProbe.create(xb, ids, query_rows, k=k)
+    if tuning_queries is None:
+        probe = RecallProbe.create(xb, ids, query_rows, k=k)
+    else:
+        probe = RecallProbe.from_queries(xb, ids, tuning_queries, k=k)
     tuned = tune_search_param(ann, probe.queries, probe.self_ids, probe.gt_ids[:, :k], k=k, target_recall=target_recall)
     tune_s = time.perf_counter() - t1
     if not tuned.target_met:
@@ -202,7 +209,7 @@ def build_vector_index(
         measured_recall=tuned.recall, current_recall=tuned.recall, target_met=tuned.target_met,
         memory_bytes=ann.memory_bytes(), estimated_memory_bytes=spec.estimate_memory(n, d), memory_budget=budget,
         build_s=round(build_s, 4), tune_s=round(tune_s, 4), tried={str(v): r for v, r in tuned.tried.items()},
-        chosen_by=chosen_by,
+        chosen_by=chosen_by, tuned_on="data" if tuning_queries is None else f"{len(probe.queries)} given queries",
     )
     return ann, info, probe
 
@@ -227,13 +234,15 @@ def _build_params(
 
 def _stage_full_build(
     vd: VersionedDir, source: EmbeddingSource, corpus: Corpus, params: dict[str, Any], item_ids: Sequence[str] | None,
-    *, history: list[str], parent: int | None, ngpu: int,
+    *, history: list[str], parent: int | None, ngpu: int, tuning_queries: dict[str, np.ndarray] | None = None,
 ) -> Manifest:
     """Build every requested index from the store and publish it (caller holds the lock)."""
     kinds = params["kind"]
     allowed = {"global", _MULTI_KIND[corpus]}
     if not kinds or not set(kinds) <= allowed:
         raise ValueError(f"kind must be a non-empty subset of {sorted(allowed)} for {corpus}; got {kinds}")
+    if tuning_queries and not set(tuning_queries) <= set(kinds):
+        raise ValueError(f"tuning_queries has kinds {sorted(tuning_queries)} but only {kinds} are built")
     vecs = _gather(source, corpus, item_ids)
     if not vecs.item_ids:
         raise ValueError(f"the embedding store {source.root} holds no {corpus} to index; encode some first")
@@ -249,6 +258,7 @@ def _stage_full_build(
             xb, ids, spec=params["specs"].get(kind), memory_budget=params["memory_budget"],
             target_recall=params["target_recall"], k=params["k"], seed=params["seed"],
             n_tune_queries=params["n_tune_queries"], ngpu=ngpu, kind=kind,
+            tuning_queries=(tuning_queries or {}).get(kind),
         )
     embed_dim = next(iter(built.values()))[1].dim
     manifest = Manifest(
@@ -292,6 +302,7 @@ def build_indexes(
     drift_tolerance: float = 0.02,
     max_tombstone_fraction: float = 0.2,
     n_tune_queries: int = DEFAULT_TUNE_QUERIES,
+    tuning_queries: dict[str, np.ndarray] | None = None,
     ngpu: int = 0,
     keep_versions: int = 3,
     lock_timeout: float = 60.0,
@@ -312,6 +323,10 @@ def build_indexes(
         drift_tolerance: a rebuild is due when probe recall falls below ``target_recall - drift_tolerance``.
         max_tombstone_fraction: a rebuild is due when more than this fraction of HNSW vectors are removed.
         n_tune_queries: held-out queries for tuning (and later drift checks).
+        tuning_queries: optional ``kind -> float[Q, D]`` queries to tune (and check drift) on instead of
+            held-out database vectors; pass caption word vectors for ``"region"`` so nprobe/efSearch are
+            tuned on the text queries the region index serves. Not kept for rebuilds (they fall back to
+            held-out vectors unless given again).
         ngpu: -1 all GPUs, 0 CPU (default), n GPUs; needs faiss-gpu and a GPU.
         keep_versions: versions kept on disk (>= 2 so that :func:`rollback` works).
         lock_timeout: seconds to wait for another publisher before :class:`index.version.IndexBusyError`.
@@ -324,7 +339,8 @@ def build_indexes(
     vd = VersionedDir(out_dir, keep=keep_versions)
     source = _open_source(embeddings, "images")
     with vd.lock(lock_timeout):
-        return _stage_full_build(vd, source, "images", params, image_ids, history=["build"], parent=vd.current(), ngpu=ngpu)
+        return _stage_full_build(vd, source, "images", params, image_ids, history=["build"], parent=vd.current(), ngpu=ngpu,
+                                 tuning_queries=tuning_queries)
 
 
 def build_caption_indexes(

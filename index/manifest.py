@@ -35,6 +35,7 @@ class IndexInfo:
         tombstones: removed-but-stored vectors (HNSW only).
         tried: recall measured per probed parameter value during tuning.
         chosen_by: ``"auto"`` or ``"user"``.
+        tuned_on: ``"data"`` (held-out database vectors, leave-one-out) or ``"<n> given queries"``.
     """
 
     kind: str
@@ -59,6 +60,7 @@ class IndexInfo:
     tombstones: int = 0
     tried: dict[str, float] = field(default_factory=dict)
     chosen_by: str = "auto"
+    tuned_on: str = "data"
 
 
 @dataclass

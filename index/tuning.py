@@ -173,6 +173,17 @@ class RecallProbe:
         gt_ids, gt_scores = drop_self(found, scores, self_ids, depth)
         return cls(queries=queries, self_ids=self_ids, gt_ids=gt_ids, gt_scores=gt_scores, k=k)
 
+    @classmethod
+    def from_queries(cls, xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, *, k: int, depth: int | None = None) -> RecallProbe:
+        """Build a probe from external queries (e.g. caption word vectors for a region index: the
+        cross-modal queries the index will really serve, ALGORITHMS.md §8)."""
+        depth = depth or 3 * k
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != xb.shape[1] or queries.shape[0] == 0:
+            raise ValueError(f"tuning queries must have shape (Q > 0, {xb.shape[1]}); got {tuple(queries.shape)}")
+        scores, found = exact_knn(xb, ids, queries, depth)
+        return cls(queries=queries, self_ids=np.full(len(queries), -1, np.int64), gt_ids=found, gt_scores=scores, k=k)
+
     @property
     def n_valid(self) -> int:
         return int(((self.gt_ids >= 0).sum(axis=1) >= self.k).sum())

@@ -171,3 +171,22 @@ def test_input_errors(tmp_path: Path, scene: Scene) -> None:
         index.build_indexes(42, tmp_path / "idx3")
     m = index.build_indexes(str(tmp_path / "emb"), tmp_path / "idx4", kind=("region",))  # a path works too
     assert set(m.indexes) == {"region"}
+
+
+def test_tuning_on_given_queries(tmp_path: Path, image_store, scene: Scene) -> None:
+    store, records = image_store
+    words = (scene.prototypes[np.arange(40) % len(scene.prototypes)] + 0.05).astype(np.float32)
+    words /= np.linalg.norm(words, axis=1, keepdims=True)
+    m = index.build_indexes(store, tmp_path / "idx", kind=("region",), specs={"region": "IVF32,Flat"},
+                            target_recall=0.9, tuning_queries={"region": words})
+    info = m.indexes["region"]
+    assert info.tuned_on == "40 given queries" and info.measured_recall >= 0.9
+    h = index.open_index(tmp_path / "idx")
+    reg = np.concatenate([np.asarray(r.region_embeddings, np.float16) for r in records]).astype(np.float32)
+    rids = h.idmap.region_ids(h.idmap.lookup([r.image_id for r in records]))
+    _, truth = exact_knn(reg, rids, words, 10)
+    _, found = h.indexes["region"].search(words, 10)
+    hits = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert hits == pytest.approx(info.measured_recall)
+    with pytest.raises(ValueError, match="tuning_queries has kinds"):
+        index.build_indexes(store, tmp_path / "idx2", kind=("global",), tuning_queries={"region": words})
