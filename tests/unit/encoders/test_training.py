@@ -233,3 +233,46 @@ def test_training_on_cuda_with_amp_produces_a_cpu_loadable_checkpoint(dataset, t
     metrics = training.evaluate(report.checkpoint, store, captions, split="val", device="cuda")
     cpu_metrics = training.evaluate(model, store, captions, split="val")
     assert metrics["t2i"]["r1"] == pytest.approx(cpu_metrics["t2i"]["r1"], abs=100 / 6 + 1e-6)  # at most one rank flip
+
+
+def test_evaluate_protocol_regroups_captions_five_per_image(tmp_path):
+    """f30k1k on 1000 images whose captions arrive shuffled (6 for some images): only the first 5 count."""
+    scan = pytest.importorskip("encoders.scan")
+    from encoders import evaluation
+    from encoders.vocab import build_vocab
+
+    rng = np.random.default_rng(0)
+    words = [f"w{k}" for k in range(30)]
+    store = RegionStore(tmp_path / "regions")
+    captions = []
+    with store.writer(detector="synthetic", config_hash="c", weights_hash="w", feature_dim=4, rows_per_shard=2000) as w:
+        for i in range(1000):
+            image_id = f"{i:064x}"
+            w.write(RegionRecord(image_id=image_id, uri="", width=10, height=10, boxes=np.ones((2, 4), np.float32) * [0, 0, 5, 5],
+                                 features=rng.normal(size=(2, 4)).astype(np.float16)))
+            for k in range(6 if i % 7 == 0 else 5):
+                text = " ".join(rng.choice(words, size=3))
+                captions.append(Caption(image_id=image_id, caption_id=f"{i}-{k}", text=text, split="test"))
+    order = rng.permutation(len(captions))
+    shuffled = [captions[i] for i in order]
+    vocab = build_vocab([c.text for c in captions], threshold=1)
+    torch.manual_seed(0)
+    model = scan.MeanPoolBaseline(len(vocab), img_dim=4, embed_size=8, word_dim=4)
+    model.vocab = vocab
+    got = training.evaluate(model, store, shuffled, split="test", protocol="f30k1k", image_block=300, caption_block=2000)
+    # Independent: first 5 captions per image in the shuffled input order, layout 5i + k, cosine of means.
+    firsts = {}
+    for c in shuffled:
+        firsts.setdefault(c.image_id, []).append(c)
+    image_ids = list(dict.fromkeys(c.image_id for c in shuffled))
+    texts = [c.text for i in image_ids for c in firsts[i][:5]]
+    with torch.no_grad():
+        feats = torch.tensor(np.stack([r.features.astype(np.float32) for r in store.get(image_ids)]))
+        img = model.encode_images(feats).mean(1)
+        ids, lens = vocab.encode_batch(texts)
+        cap = model.encode_captions(ids, lens).sum(1) / lens[:, None]
+    sims = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(cap, dim=-1).T).numpy()
+    ref = evaluation.evaluate(sims)
+    for d in ("i2t", "t2i"):
+        for k in ("r1", "r5", "r10", "medr"):
+            assert got[d][k] == pytest.approx(ref[d][k], abs=1e-9), (d, k)
