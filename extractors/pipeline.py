@@ -78,6 +78,21 @@ class ExtractReport:
         return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
 
 
+def _worker_context() -> Any:
+    """Decode workers start from a forkserver, not by forking this process.
+
+    A process that runs an orchestrator (Prefect's API clients and log handlers, thread pools)
+    is not safe to fork: forked DataLoader workers then die at exit ("exited unexpectedly with
+    exit code 1"). A forkserver started once per process, with this module preloaded, gives
+    clean workers at fork speed.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["extractors.pipeline"])
+    return ctx
+
+
 def list_images(images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str]:
     """Expand ``images`` into a list of file paths.
 
@@ -294,6 +309,7 @@ def extract(
             collate_fn=_collate,
             pin_memory=det.device.type == "cuda",
             worker_init_fn=_worker_init if num_workers > 0 else None,
+            multiprocessing_context=_worker_context() if num_workers > 0 else None,
         )
         done = 0
         batches: Iterator[list[_Sample]] = iter(loader)

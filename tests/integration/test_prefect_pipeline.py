@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BUTD, make_images, wait_for
+from pipeline_testdata import TINY_BUTD, make_images, wait_for
 
 pytestmark = pytest.mark.integration
 
