@@ -49,14 +49,19 @@ def _print_report(rep: dict[str, Any]) -> None:
         console.print(f"[bold yellow]{note}[/]")
 
 
-def _print_hits(query: str, hits: list[Any]) -> None:
+def _print_hits(query: str, hits: list[Any], labels: dict[str, Any] | None = None) -> None:
     t = Table(title=f"results for {query!r}")
-    for col in ("#", "image", "score", "mrsw", "scan", "best region per word"):
+    for col in ("#", "image", "score", "mrsw", "scan", "best region per word (cosine)"):
         t.add_column(col)
     for i, h in enumerate(hits, 1):
-        words = ", ".join(
-            f"{e.token}→{getattr(e, 'label', None) or ('region ' + str(e.region) if e.region >= 0 else 'none')} ({e.similarity:.2f})"
-            for e in h.explanation[:6])
+        names = (labels or {}).get(h.image_id) or []
+
+        def region_name(r: int) -> str:
+            if r < 0:
+                return "none"
+            return f"{names[r]} #{r}" if r < len(names) else f"region {r}"
+
+        words = ", ".join(f"{e.token}→{region_name(e.region)} ({e.similarity:.2f})" for e in h.explanation[:6])
         sc = h.stage_scores
         t.add_row(str(i), Path(h.uri).name or h.image_id[:12], f"{h.score:.3f}", f"{sc.get('mrsw', float('nan')):.3f}",
                   f"{sc['scan']:.3f}" if "scan" in sc else "-", words)
@@ -154,7 +159,7 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
         hits = commands.search(ws, text, SearchConfig(k=k, rerank_k=rerank_k, fusion=fusion), explain=explain)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
-    _print_hits(text, hits)
+    _print_hits(text, hits, commands.region_labels(ws, [h.image_id for h in hits]))
     if explain is not None and hits:
         console.print(f"heatmap of the top hit written to {explain}")
 
@@ -179,7 +184,8 @@ def demo_cmd(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
     _print_report(rep)
     ws = _workspace(root)
     for q in commands.DEMO_QUERIES:
-        _print_hits(q, commands.search(ws, q, SearchConfig(k=3)))
+        hits = commands.search(ws, q, SearchConfig(k=3))
+        _print_hits(q, hits, commands.region_labels(ws, [h.image_id for h in hits]))
     console.print(
         "This demo uses a COCO SSD detector and the zero-shot label-grounded encoder (a baseline, not TERAN). "
         "For bottom-up features and a trained TERAN model: regionrank index DIR --detector-weights PATH --checkpoint DIR."

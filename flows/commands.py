@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
 
-__all__ = ["DEMO_QUERIES", "demo_images", "run_pipeline", "search", "status"]
+__all__ = ["DEMO_QUERIES", "demo_images", "region_labels", "run_pipeline", "search", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,14 @@ def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None 
 
         render_heatmap(hits[0].uri, hits[0], explain)
     return hits
+
+
+def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | None]:
+    """The stored label of each region of these images (label-grounded encoders store them), for explanations."""
+    from storage import ImageEmbeddingStore
+
+    recs = ImageEmbeddingStore(ws.image_embeddings).get(list(dict.fromkeys(image_ids)), columns=None)
+    return {r.image_id: r.labels for r in recs}
 
 
 def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:

@@ -173,13 +173,16 @@ def _make_hits(
     for i in order:
         rec = records[i]
         attention = weights[i] if weights is not None else None
+        # The explained region of a word is its MrSw match (highest cosine: "cup" -> the cup). SCAN's
+        # attention is normalised over the query words first (ALGORITHMS.md quirk 4), so its argmax can
+        # sit on a region that is only relatively closer to this word than to the others; it is kept as
+        # the weight of that region and as the heatmap.
+        best = mrsw.best_region[i]
         if attention is not None:
             wr = np.asarray(attention, dtype=np.float32)
-            best = np.argmax(wr, axis=1) if rec.num_regions else np.full(len(query.tokens), -1)
         else:
             sims = np.asarray(rec.region_embeddings, np.float32) @ np.asarray(query.word_embeddings, np.float32).T
             wr = np.clip(sims.T, 0.0, 1.0) if rec.num_regions else np.zeros((len(query.tokens), 0), np.float32)
-            best = mrsw.best_region[i]
         expl = []
         for w, token in enumerate(query.tokens):
             r = int(best[w])
