@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -67,7 +68,7 @@ class BagOfConcepts:
 
     def encode_query(self, text: str) -> QueryEmbedding:
         tokens = text.split()
-        rng = np.random.default_rng(abs(hash(text)) % 2**32)
+        rng = np.random.default_rng(zlib.crc32(text.encode()))  # stable across processes, unlike hash()
         words = unit(self.scene.prototypes[[int(t[1:]) for t in tokens]] + self.noise * rng.standard_normal((len(tokens), self.scene.dim)))
         return QueryEmbedding(text=text, tokens=tokens, word_embeddings=words, global_embedding=unit(words.mean(0)))
 
