@@ -176,7 +176,7 @@ def _pad(mats: Sequence[np.ndarray], width: int, dim: int) -> tuple[np.ndarray, 
     return out, lens
 
 
-def grounded_query_words(encoder: Any, text: str, *, normalize: bool = True, min_label_cos: float = 0.5) -> list[str]:
+def grounded_query_words(encoder: Any, text: str, *, normalize: bool = True, min_label_cos: float = 0.0) -> list[str]:
     """The words a caption is matched with: normalised onto the labels, then kept if some label is near.
 
     ``normalize``: :func:`encoders.labelbag.normalize_query_text` first (synonyms, plurals).
