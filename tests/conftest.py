@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="regionrank-prefect-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# as `regionrank` sets it: library loggers are attached to flow-run logs
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "extractors,encoders,index,storage")
 
 import numpy as np
 import pytest

@@ -64,6 +64,12 @@ def test_pipeline_states_and_artifacts(prefect_server, tmp_path: Path) -> None:
         assert "broken.jpg" in str(arts["extract-failures"].data)
         assert "regionrank run report" in arts["run-report"].data and "recall@k" in arts["run-report"].data
         assert parent.state_name == "Completed"
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        build_run = runs["build-index"][0]
+        wait_for(lambda: any("published index version 1" in entry.message for entry in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[build_run.id])))),
+            timeout=60, what="the index library's log line in the build-index run's logs")
 
 
 def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server, tmp_path: Path) -> None:
