@@ -18,7 +18,7 @@ __all__ = ["DEMO_QUERIES", "demo_images", "region_labels", "run_pipeline", "sear
 
 log = logging.getLogger(__name__)
 
-DEMO_QUERIES = ["a cat", "a cup of coffee", "a person"]
+DEMO_QUERIES = ["a cat", "a cup of coffee", "a woman wearing a tie"]
 
 
 def demo_images() -> Path:
