@@ -82,10 +82,12 @@ def _pipeline_config(images: list[Path], ws: Any, detector: Optional[str], detec
     det = detector or (old_ext.detector if old_ext else s.detector)
     ext = ExtractConfig(detector=det, weights=detector_weights or (old_ext.weights if old_ext else s.detector_weights),
                         options=old_ext.options if old_ext and old_ext.detector == det else s.detector_options,
-                        device=device or s.device, images_per_task=s.images_per_task, rows_per_shard=s.rows_per_shard)
+                        device=device or s.device, images_per_task=s.images_per_task, rows_per_shard=s.rows_per_shard,
+                        device_slots=s.device_slots)
     enc_name = encoder or (old_enc.encoder if old_enc else ("grounded" if det == "ssd-mobilenet-coco" else "teran"))
     enc = EncodeConfig(encoder=enc_name, checkpoint=checkpoint or (old_enc.checkpoint if old_enc else s.encoder_checkpoint),
-                       model_name=old_enc.model_name if old_enc else s.encoder_model, device=device or s.device)
+                       model_name=old_enc.model_name if old_enc else s.encoder_model, device=device or s.device,
+                       device_slots=s.device_slots)
     return PipelineConfig(images=images, workspace=ws, extract=ext, encode=enc, index=old_idx,
                           dask_address=dask or s.dask_address, lock_timeout=lock_timeout)
 

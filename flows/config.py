@@ -80,6 +80,7 @@ class ExtractConfig(_Frozen):
     num_workers: int = Field(0, ge=0)
     images_per_task: int = Field(64, ge=1, description="images per mapped task (one shard-sized unit of work)")
     rows_per_shard: int = Field(256, ge=1)
+    device_slots: int = Field(1, ge=1, description="model-running tasks at once (raise to the GPU/worker count to scale out)")
     seed: int = 0
 
     @field_validator("weights")
@@ -100,6 +101,7 @@ class EncodeConfig(_Frozen):
     device: str = "auto"
     batch_size: int = Field(32, ge=1)
     images_per_task: int = Field(256, ge=1)
+    device_slots: int = Field(1, ge=1, description="model-running tasks at once (raise to the GPU/worker count to scale out)")
     seed: int = 0
 
     @field_validator("checkpoint")
@@ -156,4 +158,5 @@ class Settings(BaseSettings):
     encoder_model: str = "teran-coco"
     images_per_task: int = 64
     rows_per_shard: int = 256
+    device_slots: int = 1
     dask_address: str | None = None

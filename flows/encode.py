@@ -24,7 +24,7 @@ def encode_flow(ws: Workspace, cfg: EncodeConfig, detector: str, image_ids: list
     logger.info("%d images, %d already embedded, %d to encode with %s", len(wanted), len(wanted) - len(todo),
                 len(todo), cfg.encoder)
     parts = chunks(todo, cfg.images_per_task)
-    ensure_device_limit()
+    ensure_device_limit(cfg.device_slots)
     progress = monitoring.Progress("encode-progress", len(parts), f"encode: {len(todo)} images in {len(parts)} shards")
     rows = []
     for i, fut in enumerate(encode_shard_task.map(parts, ws=unmapped(ws), cfg=unmapped(cfg), detector=unmapped(detector)) if parts else []):

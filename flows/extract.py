@@ -33,7 +33,7 @@ def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -
     logger.info("%d images given, %d already stored, %d to extract, %d unreadable", len(images),
                 len(ok) - len(todo), len(todo), len(unreadable))
     parts = chunks(todo, cfg.images_per_task)
-    ensure_device_limit()
+    ensure_device_limit(cfg.device_slots)
     progress = monitoring.Progress("extract-progress", len(parts), f"extract-regions: {len(todo)} images in {len(parts)} shards")
     rows: list[dict[str, Any]] = []
     failures = list(unreadable)

@@ -13,9 +13,11 @@ nothing new: keys already stored are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -114,6 +116,30 @@ class _FileLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+_HOST = socket.gethostname().replace(".", "_")
+_OWNER = f"{_HOST}-{os.getpid()}"
+
+
+def _final_name(name: str) -> str:
+    """``regions-00005.parquet.host-123.tmp`` -> ``regions-00005.parquet`` (other names unchanged)."""
+    return name.split(".parquet", 1)[0] + ".parquet" if name.endswith(".tmp") and ".parquet" in name else name
+
+
+def _tmp_owner_is_dead(name: str) -> bool:
+    """A temporary shard is stale when its writer was on this host and that process is gone."""
+    owner = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
+    host, _, pid = owner.rpartition("-")
+    if host != _HOST or not pid.isdigit():
+        return host == "" or not pid.isdigit()  # unowned (old-style) leftovers are stale; other hosts' are not ours
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class ShardStore(Generic[R]):
@@ -255,7 +281,7 @@ class ShardStore(Generic[R]):
             {"key": keys, "shard": shards, "row": pa.array(rows, pa.int32()), "producer": producers}, schema=_CATALOG_SCHEMA
         )
         final = self.location.join(CATALOG_FILE)
-        tmp = self.location.join(f"{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = self.location.join(f"{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.{_OWNER}.tmp")
         try:
             self.location.makedirs()
             pq.write_table(table, tmp, filesystem=self.location.fs, compression="zstd")
@@ -400,7 +426,7 @@ class ShardStore(Generic[R]):
         return sorted(latest.values(), key=lambda r: (r["recorded_at"], r["uri"]))
 
     def writer(self, *, dim: int, rows_per_shard: int = 256, row_group_bytes: int = 128 << 10,
-               lock_timeout: float = 0.0, **provenance: str) -> "ShardWriter[R]":
+               lock_timeout: float = 60.0, **provenance: str) -> "ShardWriter[R]":
         """Open a :class:`ShardWriter` on this store (use as a context manager)."""
         return ShardWriter(self, dim=dim, rows_per_shard=rows_per_shard, row_group_bytes=row_group_bytes,
                            lock_timeout=lock_timeout, provenance=provenance)
@@ -424,8 +450,12 @@ class ShardWriter(Generic[R]):
     once ``rows_per_shard`` rows are in (or at close). On an exception (Ctrl-C included)
     the completed rows are still published, so a re-run resumes after them.
 
-    Local stores take an exclusive lock for the writer's lifetime; a second writer waits
-    up to ``lock_timeout`` seconds, then raises :class:`StoreLockedError`.
+    Several writers may append to one local store at once (mapped tasks, Dask workers): each
+    reserves its shard numbers under a short lock (waiting up to ``lock_timeout`` seconds, then
+    :class:`StoreLockedError`) by creating ``<prefix>-NNNNN.parquet.<host>-<pid>.tmp``; leftovers
+    of dead writers on this host are removed when a writer opens. Callers give concurrent writers
+    disjoint inputs (the flows partition them); were a key written twice, readers use its first
+    shard. Stores behind other filesystems (s3://, ...) take one writer at a time.
     """
 
     def __init__(self, store: ShardStore[R], *, dim: int, rows_per_shard: int, row_group_bytes: int,
@@ -452,25 +482,30 @@ class ShardWriter(Generic[R]):
     def __enter__(self) -> "ShardWriter[R]":
         loc = self.store.location
         loc.makedirs()
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            for name in loc.list_files():  # leftovers of a crashed writer: never visible, safe to drop
-                if name.endswith(".tmp"):
+        with self._short_lock():
+            for name in loc.list_files():  # leftovers of crashed writers: never visible, safe to drop
+                if name.endswith(".tmp") and _tmp_owner_is_dead(name):
                     loc.fs.delete_file(loc.join(name))
-            self.store._seen_listing = None
-            self.store.refresh()
-            if self.store._dim is not None and self.store._dim != self.dim:
-                raise ValueError(
-                    f"store {self.store.root} holds vectors of width {self.store._dim}, the writer was opened with "
-                    f"dim={self.dim}; use a separate store folder for a different detector/encoder width"
-                )
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        self.store._seen_listing = None
+        self.store.refresh()
+        if self.store._dim is not None and self.store._dim != self.dim:
+            raise ValueError(
+                f"store {self.store.root} holds vectors of width {self.store._dim}, the writer was opened with "
+                f"dim={self.dim}; use a separate store folder for a different detector/encoder width"
+            )
         self._open = True
         return self
+
+    @contextlib.contextmanager
+    def _short_lock(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close()
@@ -515,19 +550,24 @@ class ShardWriter(Generic[R]):
         self._failures.append({"uri": str(uri), "reason": str(reason), "recorded_at": datetime.now(timezone.utc)})
         self.stats.failures += 1
 
-    def _next_shard_name(self) -> str:
+    def _reserve_shard(self) -> tuple[str, str]:
+        """Pick the next free shard number and create its temporary file (under the short lock)."""
+        loc = self.store.location
         pat = self.store._shard_re()
-        nums = [int(m.group(1)) for n in self.store.location.list_files() if (m := pat.match(n.removesuffix(".tmp")))]
-        return f"{self.store.codec.prefix}-{(max(nums) + 1) if nums else 0:05d}.parquet"
+        with self._short_lock():
+            nums = [int(m.group(1)) for n in loc.list_files() if (m := pat.match(_final_name(n)))]
+            final = loc.join(f"{self.store.codec.prefix}-{(max(nums) + 1) if nums else 0:05d}.parquet")
+            tmp = f"{final}.{_OWNER}.tmp"
+            with loc.fs.open_output_stream(tmp):
+                pass
+        return final, tmp
 
     def _flush_row_group(self) -> None:
         if not self._buffer:
             return
         loc = self.store.location
         if self._pq is None:
-            name = self._next_shard_name()
-            self._final = loc.join(name)
-            self._tmp = self._final + ".tmp"
+            self._final, self._tmp = self._reserve_shard()
             schema = with_meta(self.store.codec.schema, self.store.codec.kind, self.dim, self.provenance)
             self._pq = pq.ParquetWriter(
                 self._tmp, schema, filesystem=loc.fs, compression="zstd", compression_level=3,
@@ -560,7 +600,7 @@ class ShardWriter(Generic[R]):
         loc = self.store.location
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         final = loc.join(f"failures-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
-        tmp = final + ".tmp"
+        tmp = f"{final}.{_OWNER}.tmp"
         pq.write_table(pa.Table.from_pylist(self._failures, schema=FAILURE_SCHEMA), tmp, filesystem=loc.fs)
         loc.publish(tmp, final)
         self._failures = []
@@ -581,8 +621,6 @@ class ShardWriter(Generic[R]):
                 finally:
                     self._pq = None
             self.store._seen_listing = None
-            if self._lock is not None:
-                self._lock.release()
 
 
 class RegionStore(ShardStore[RegionRecord]):
@@ -596,7 +634,7 @@ class RegionStore(ShardStore[RegionRecord]):
         return self.dim
 
     def writer(self, *, detector: str, config_hash: str, weights_hash: str, feature_dim: int,  # type: ignore[override]
-               rows_per_shard: int = 256, row_group_bytes: int = 128 << 10, lock_timeout: float = 0.0) -> ShardWriter[RegionRecord]:
+               rows_per_shard: int = 256, row_group_bytes: int = 128 << 10, lock_timeout: float = 60.0) -> ShardWriter[RegionRecord]:
         """Open a writer; ``detector``/``config_hash``/``weights_hash`` fill each record's provenance."""
         return super().writer(dim=feature_dim, rows_per_shard=rows_per_shard, row_group_bytes=row_group_bytes,
                               lock_timeout=lock_timeout, detector=detector, config_hash=config_hash, weights_hash=weights_hash)
@@ -613,7 +651,7 @@ class ImageEmbeddingStore(ShardStore[ImageEmbeddingRecord]):
         return self.dim
 
     def writer(self, *, encoder: str, encoder_hash: str, embed_dim: int, rows_per_shard: int = 512,  # type: ignore[override]
-               row_group_bytes: int = 128 << 10, lock_timeout: float = 0.0) -> ShardWriter[ImageEmbeddingRecord]:
+               row_group_bytes: int = 128 << 10, lock_timeout: float = 60.0) -> ShardWriter[ImageEmbeddingRecord]:
         return super().writer(dim=embed_dim, rows_per_shard=rows_per_shard, row_group_bytes=row_group_bytes,
                               lock_timeout=lock_timeout, encoder=encoder, encoder_hash=encoder_hash)
 
@@ -629,6 +667,6 @@ class CaptionEmbeddingStore(ShardStore[CaptionEmbeddingRecord]):
         return self.dim
 
     def writer(self, *, encoder: str, encoder_hash: str, embed_dim: int, rows_per_shard: int = 2048,  # type: ignore[override]
-               row_group_bytes: int = 128 << 10, lock_timeout: float = 0.0) -> ShardWriter[CaptionEmbeddingRecord]:
+               row_group_bytes: int = 128 << 10, lock_timeout: float = 60.0) -> ShardWriter[CaptionEmbeddingRecord]:
         return super().writer(dim=embed_dim, rows_per_shard=rows_per_shard, row_group_bytes=row_group_bytes,
                               lock_timeout=lock_timeout, encoder=encoder, encoder_hash=encoder_hash)

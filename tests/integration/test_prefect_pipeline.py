@@ -155,7 +155,8 @@ def test_map_stages_scale_out_on_a_dask_cluster(prefect_server, tmp_path: Path) 
     make_images(images, 4, seed=4)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
-        cfg = _cfg(images, tmp_path / "ws").model_copy(update={"dask_address": cluster.scheduler_address})
+        # two device slots: both workers extract at once, writing disjoint shards into one store
+        cfg = _cfg(images, tmp_path / "ws", device_slots=2).model_copy(update={"dask_address": cluster.scheduler_address})
         rep = index_images_flow(cfg)
         assert (rep["stored"], rep["encoded"]) == (4, 4)
         with distributed.Client(cluster.scheduler_address) as dc:

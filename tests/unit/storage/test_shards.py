@@ -182,14 +182,41 @@ def test_unknown_ids_raise_keyerror_listing_them(tmp_path: Path, rng: np.random.
         RegionStore(tmp_path).get(["nope"])
 
 
-def test_second_writer_fails_with_clear_message(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_concurrent_writers_publish_distinct_shards(tmp_path: Path, rng: np.random.Generator) -> None:
+    recs = [make_region(rng, i) for i in range(10)]
+    a = RegionStore(tmp_path).writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16, rows_per_shard=2)
+    b = RegionStore(tmp_path).writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16, rows_per_shard=2)
+    with a, b:  # interleaved, as two mapped tasks or two Dask workers would
+        for i, r in enumerate(recs):
+            (a if i % 2 else b).write(r)
+    shards = sorted(p.name for p in tmp_path.glob("regions-*.parquet"))
+    assert len(shards) == 6 and len(set(shards)) == 6 and not list(tmp_path.glob("*.tmp"))
     store = RegionStore(tmp_path)
-    with store.writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16):
-        with pytest.raises(StoreLockedError, match=r"another writer holds the lock.*pid"):
+    assert sorted(store.ids()) == sorted(r.image_id for r in recs)
+    assert [r.image_id for r in store.get([recs[7].image_id])] == [recs[7].image_id]
+
+
+def test_short_lock_timeout_names_the_holder(tmp_path: Path, rng: np.random.Generator) -> None:
+    from storage import exclusive_lock
+
+    with exclusive_lock(tmp_path / ".write.lock"):
+        with pytest.raises(StoreLockedError, match=r"another writer holds the lock.*pid \d+"):
             with RegionStore(tmp_path).writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16, lock_timeout=0.2):
                 pass
     with RegionStore(tmp_path).writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16) as w:  # released
         w.write(make_region(rng, 0))
+
+
+def test_live_writers_temporary_files_survive_a_new_writer(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = RegionStore(tmp_path)
+    with store.writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16, rows_per_shard=4) as w:
+        w.write(make_region(rng, 0))
+        w._flush_row_group()  # a shard in progress: its .tmp exists
+        (tmp,) = tmp_path.glob("*.tmp")
+        with RegionStore(tmp_path).writer(detector="d", config_hash="c", weights_hash="w", feature_dim=16):
+            pass
+        assert tmp.exists(), "a second writer must not delete a live writer's temporary shard"
+    assert len(RegionStore(tmp_path)) == 1
 
 
 def test_iteration_projection_and_failures(tmp_path: Path, rng: np.random.Generator) -> None:
