@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 
 from flows import components
 from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
@@ -53,7 +54,7 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
     """Detect regions in one chunk of images and write them to the workspace's region store."""
     from extractors import extract
 
-    with device_slot():
+    with device_slot(cfg.device_slots):
         rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
                       num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard)
     return {
@@ -66,7 +67,7 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
 @task(name="encode-shard", tags=["device"], **_RETRY)
 def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str) -> dict[str, Any]:
     """Embed one chunk of images (region store -> image embedding store)."""
-    with device_slot():
+    with device_slot(cfg.device_slots):
         rep = components.encode_images(cfg, detector, ws, image_ids)
     return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
 
@@ -102,11 +103,26 @@ def ensure_device_limit(slots: int = 1) -> None:
         client.upsert_global_concurrency_limit_by_name(DEVICE_LIMIT, slots)
 
 
-def device_slot() -> Any:
-    """Hold a slot of the device concurrency limit inside a flow run; nothing when called directly (``.fn``)."""
-    if FlowRunContext.get() is None:
-        return contextlib.nullcontext()
-    return concurrency(DEVICE_LIMIT, occupy=1, strict=False)
+_LOCAL_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_LOCAL_SLOTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def device_slot(slots: int = 1) -> Iterator[None]:
+    """Hold one of ``slots`` device slots while a model runs.
+
+    Inside a flow run the slot is a Prefect global concurrency limit (it bounds work across
+    processes and Dask workers); threads of one process first queue on a local semaphore, so
+    they hand the slot over at once instead of polling the API for it. Called directly
+    (``.fn``), nothing is acquired.
+    """
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        yield
+        return
+    with _LOCAL_SLOTS_LOCK:
+        local = _LOCAL_SLOTS.setdefault(slots, threading.BoundedSemaphore(slots))
+    with local, concurrency(DEVICE_LIMIT, occupy=1, strict=False):
+        yield
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
