@@ -59,6 +59,8 @@ class ExtractReport:
             waiting for the loader), ``trunk``, ``rpn``, ``roi_head``, ``nms``
             (bottom-up; other detectors name their own stages), ``write``.
         detector / config_hash / weights_hash: provenance written to the shards.
+        image_ids: content ids of the readable inputs now in the store (newly extracted or
+            already there), in input order without duplicates: what later stages work on.
     """
 
     n_seen: int = 0
@@ -72,6 +74,7 @@ class ExtractReport:
     detector: str = ""
     config_hash: str = ""
     weights_hash: str = ""
+    image_ids: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -278,7 +281,10 @@ def extract(
                            weights_hash=det.weights_hash)  # fmt: skip
     timer = StageTimer(det.device)
 
+    failed: set[str] = set()
+
     def fail(w: Any, uri: str, reason: str) -> None:
+        failed.add(uri)
         w.add_failure(uri, reason)
         report.failures.append({"uri": uri, "reason": reason})
         logger.info("extract: %s failed: %s", uri, reason)
@@ -339,6 +345,7 @@ def extract(
         t0 = time.perf_counter()
     timer.add("write", time.perf_counter() - t0)  # closing publishes the last shard
     report.n_failed = len(report.failures)
+    report.image_ids = [it.image_id for it in items if it.uri not in failed]
     report.stage_seconds = dict(timer.seconds)
     report.seconds = time.perf_counter() - t_start
     return report

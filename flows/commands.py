@@ -59,7 +59,7 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
     from flows.components import is_random_init
     from flows.pipeline import expand_images, save_workspace_config
     from index import add_images, build_indexes, versions
-    from storage import ImageEmbeddingStore, RegionStore, exclusive_lock, image_id_for_file
+    from storage import ImageEmbeddingStore, exclusive_lock
 
     ws = cfg.workspace
     t0 = time.perf_counter()
@@ -69,14 +69,7 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
         ext = extract(images, ws.regions, detector=components.load_detector(cfg.extract), batch_size=cfg.extract.batch_size,
                       num_workers=cfg.extract.num_workers, rows_per_shard=cfg.extract.rows_per_shard,
                       progress=(lambda d, t: progress("extract", d, t)) if progress else None)
-        ids = []
-        for p in images:
-            try:
-                ids.append(image_id_for_file(p))
-            except OSError:
-                continue
-        stored = set(RegionStore(ws.regions).ids())
-        ids = [i for i in dict.fromkeys(ids) if i in stored]
+        ids = ext.image_ids
         enc = components.encode_images(cfg.encode, cfg.extract.detector, ws, ids,
                                        progress=(lambda d, t: progress("encode", d, t)) if progress else None)
         if versions(ws.index_dir):
@@ -110,7 +103,7 @@ def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | 
     """The stored label of each region of these images (label-grounded encoders store them), for explanations."""
     from storage import ImageEmbeddingStore
 
-    recs = ImageEmbeddingStore(ws.image_embeddings).get(list(dict.fromkeys(image_ids)), columns=None)
+    recs = ImageEmbeddingStore(ws.image_embeddings).get(list(dict.fromkeys(image_ids)))
     return {r.image_id: r.labels for r in recs}
 
 

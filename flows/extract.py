@@ -37,32 +37,29 @@ def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -
     progress = monitoring.Progress("extract-progress", len(parts), f"extract-regions: {len(todo)} images in {len(parts)} shards")
     rows: list[dict[str, Any]] = []
     failures = list(unreadable)
+    stored = {h["image_id"] for h in ok} - todo_ids
     futures = extract_shard_task.map(parts, ws=unmapped(ws), cfg=unmapped(cfg)) if parts else []
     for i, fut in enumerate(futures):
         res = fut.result()
         failures += res.pop("failures")
+        stored.update(res.pop("image_ids"))
         stages = res.pop("stage_seconds")
         rows.append({"shard": i, **res, **{f"{k}_s": v for k, v in stages.items()}})
         progress.advance()
     progress.finish()
     monitoring.table("extract-shards", rows, "per-shard counts and stage timings")
     monitoring.failures_table("extract-failures", failures)
-    stored_store = RegionStore(ws.regions)
-    ours = {h["image_id"] for h in ok}
-    n_regions = {}
-    for batch in stored_store.iter_batches(columns=["image_id", "num_regions"]):
-        for iid, n in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-            if iid in ours:
-                n_regions[iid] = n
+    image_ids = [i for i in dict.fromkeys(h["image_id"] for h in ok) if i in stored]
+    regions = RegionStore(ws.regions).read_rows(image_ids, columns=["num_regions"]).column(0).to_numpy()
     seconds = sum(r["seconds"] for r in rows)
     extracted = sum(r["extracted"] for r in rows)
     return {
-        "image_ids": [h["image_id"] for h in ok if h["image_id"] in n_regions],
+        "image_ids": image_ids,
         "extracted": extracted,
         "skipped": len(ok) - len(todo) + sum(r["skipped"] for r in rows),
         "failed": len(failures),
         "failures": failures,
         "seconds": round(seconds, 3),
         "images_per_s": round(extracted / seconds, 3) if seconds else None,
-        "regions": int(sum(n_regions.values())),
+        "regions": int(regions.sum()),
     }

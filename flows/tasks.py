@@ -61,6 +61,7 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
         "images": rep.n_seen, "extracted": rep.n_extracted, "skipped": rep.n_skipped_existing,
         "duplicates": rep.n_duplicates, "failed": rep.n_failed, "seconds": round(rep.seconds, 3),
         "failures": rep.failures, "stage_seconds": {k: round(v, 3) for k, v in rep.stage_seconds.items()},
+        "image_ids": rep.image_ids,
     }
 
 

@@ -344,12 +344,39 @@ class ShardStore(Generic[R]):
         shard_idx, row = self._catalog[key]
         return self._shards[shard_idx].name, row
 
-    def get(self, keys: Sequence[str], *, columns: Sequence[str] | None = None) -> list[R]:
+    def get(self, keys: Sequence[str]) -> list[R]:
         """Fetch records by key, in the given order, reading only the row groups that hold them.
 
         Raises:
             KeyError: some keys are not stored (the message lists up to 5 of them).
         """
+        out: list[Any] = [None] * len(keys)
+        for table, placed in self._row_groups(keys, None):
+            decoded = self._decode_table(table)  # decode the (small) row groups whole: cheaper than a take
+            for pos, local in placed:
+                out[pos] = decoded[local]
+        return out
+
+    def read_rows(self, keys: Sequence[str], *, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of ``keys`` (in that order) as an Arrow table, reading only ``columns`` of the
+        row groups that hold them: cheap when only small columns are needed (``num_regions``, ...).
+
+        Raises:
+            KeyError: some keys are not stored (the message lists up to 5 of them).
+        """
+        parts, order = [], []
+        for table, placed in self._row_groups(keys, columns):
+            parts.append(table.take(pa.array([local for _, local in placed], pa.int64())))
+            order.extend(pos for pos, _ in placed)
+        schema = self.codec.schema if not columns else pa.schema([self.codec.schema.field(c) for c in columns])
+        if not parts:
+            return schema.empty_table()
+        table = pa.concat_tables(parts)
+        return table.take(pa.array(np.argsort(np.array(order), kind="stable"), pa.int64()))
+
+    def _row_groups(self, keys: Sequence[str], columns: Sequence[str] | None) -> Iterator[tuple[pa.Table, list[tuple[int, int]]]]:
+        """Per shard holding some of ``keys``: its needed row groups (``columns`` only), and for each
+        key its position in ``keys`` and its row in that table."""
         self.refresh()
         unknown = [k for k in keys if k not in self._catalog]
         if unknown:
@@ -361,7 +388,6 @@ class ShardStore(Generic[R]):
         for pos, k in enumerate(keys):
             s, r = self._catalog[k]
             by_shard.setdefault(s, []).append((pos, r))
-        out: list[Any] = [None] * len(keys)
         with self._lock:
             for s, items in by_shard.items():
                 info = self._shards[s]
@@ -370,16 +396,12 @@ class ShardStore(Generic[R]):
                 rgs = np.searchsorted(info.row_group_starts, rows, side="right") - 1
                 wanted = sorted(set(rgs.tolist()))
                 table = pf.read_row_groups(wanted, columns=list(columns) if columns else None)
-                base = {rg: 0 for rg in wanted}
-                acc = 0
+                base, acc = {}, 0
                 for rg in wanted:
                     base[rg] = acc
                     acc += pf.metadata.row_group(rg).num_rows
-                local = [base[rg] + (r - int(info.row_group_starts[rg])) for r, rg in zip(rows.tolist(), rgs.tolist())]
-                decoded = self._decode_table(table)  # decode the (small) row groups whole: cheaper than a take
-                for (pos, _), j in zip(items, local):
-                    out[pos] = decoded[j]
-        return out
+                yield table, [(pos, base[rg] + (r - int(info.row_group_starts[rg])))
+                              for (pos, _), r, rg in zip(items, rows.tolist(), rgs.tolist())]
 
     def _decode_table(self, table: pa.Table) -> list[R]:
         dim = self._dim or 1

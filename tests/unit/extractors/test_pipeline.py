@@ -36,6 +36,7 @@ def test_extract_writes_records_failures_and_provenance(tmp_path, good_images, b
 
     ids = [image_id_for_file(p) for p in good_images]
     assert sorted(store.ids()) == sorted(ids)
+    assert rep.image_ids == ids  # readable inputs now stored, in input order; failures left out
     assert len(store.shard_names()) == 2  # 4 rows, 3 per shard
     for path, rec in zip(good_images, store.get(ids), strict=True):
         assert rec.detector == "butd-r101-c4"

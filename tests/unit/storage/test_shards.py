@@ -176,6 +176,17 @@ def test_truncated_shard_is_reported_and_others_stay_readable(tmp_path: Path, rn
         store._open("regions-00001.parquet")
 
 
+def test_read_rows_projects_columns_in_key_order(tmp_path: Path, rng: np.random.Generator) -> None:
+    recs = [make_region(rng, i, n=2 + i) for i in range(7)]
+    write(RegionStore(tmp_path), recs)  # shards of 4: keys below span both
+    keys = [recs[5].image_id, recs[0].image_id, recs[3].image_id, recs[6].image_id]
+    t = RegionStore(tmp_path).read_rows(keys, columns=["image_id", "num_regions"])
+    assert t.schema.names == ["image_id", "num_regions"]
+    assert t.column("image_id").to_pylist() == keys
+    assert t.column("num_regions").to_pylist() == [7, 2, 5, 8]
+    assert RegionStore(tmp_path).read_rows([], columns=["num_regions"]).num_rows == 0
+
+
 def test_unknown_ids_raise_keyerror_listing_them(tmp_path: Path, rng: np.random.Generator) -> None:
     write(RegionStore(tmp_path), [make_region(rng, 0)])
     with pytest.raises(KeyError, match=r"1 image_id\(s\) not in store.*'nope'"):
