@@ -68,6 +68,25 @@ def _ts(records: Sequence[Any]) -> pa.Array:
     return pa.array([r.created_at or now for r in records], type=pa.timestamp("us", tz="UTC"))
 
 
+def _encode(records: Sequence[Any], schema: pa.Schema, key: str, **computed: pa.Array) -> pa.RecordBatch:
+    """One record batch from dataclass records: every schema column is the attribute of that name
+    (float16 matrices range-checked, numeric lists flattened), except the ``computed`` ones."""
+    cols: dict[str, pa.Array] = {}
+    for f in schema:
+        if f.name in computed:
+            cols[f.name] = computed[f.name]
+        elif f.name == "created_at":
+            cols[f.name] = _ts(records)
+        elif pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
+            values = [getattr(r, f.name) for r in records]
+            if pa.types.is_float16(f.type.value_type):
+                values = [None if v is None else _f16(f.name, v, f"{key}={getattr(r, key)!r}") for v, r in zip(values, records)]
+            cols[f.name] = _list_array(values, f.type.value_type)
+        else:
+            cols[f.name] = pa.array([getattr(r, f.name) for r in records], f.type)
+    return pa.RecordBatch.from_pydict(cols, schema=schema)
+
+
 @dataclass(frozen=True)
 class Codec:
     """How one shard kind maps to Arrow."""
@@ -89,26 +108,7 @@ class Codec:
 
 
 def _encode_regions(records: Sequence[RegionRecord], dim: int) -> pa.RecordBatch:
-    cols = {
-        "image_id": pa.array([r.image_id for r in records], pa.string()),
-        "uri": pa.array([r.uri for r in records], pa.string()),
-        "width": pa.array([r.width for r in records], pa.int32()),
-        "height": pa.array([r.height for r in records], pa.int32()),
-        "num_regions": pa.array([r.num_regions for r in records], pa.int32()),
-        "boxes": _list_array([r.boxes for r in records], pa.float32()),
-        "features": _list_array(
-            [_f16("features", r.features, f"image_id={r.image_id!r}") for r in records], pa.float16()
-        ),
-        "class_ids": _list_array([r.class_ids for r in records], pa.int32()),
-        "class_scores": _list_array([r.class_scores for r in records], pa.float32()),
-        "attr_ids": _list_array([r.attr_ids for r in records], pa.int32()),
-        "attr_scores": _list_array([r.attr_scores for r in records], pa.float32()),
-        "detector": pa.array([r.detector for r in records], pa.string()),
-        "config_hash": pa.array([r.config_hash for r in records], pa.string()),
-        "weights_hash": pa.array([r.weights_hash for r in records], pa.string()),
-        "created_at": _ts(records),
-    }
-    return pa.RecordBatch.from_pydict(cols, schema=REGION_SCHEMA_V1)
+    return _encode(records, REGION_SCHEMA_V1, "image_id")
 
 
 def _col(batch: pa.RecordBatch, name: str) -> list[Any]:
@@ -160,26 +160,7 @@ REGIONS = Codec(
 
 
 def _encode_images(records: Sequence[ImageEmbeddingRecord], dim: int) -> pa.RecordBatch:
-    cols = {
-        "image_id": pa.array([r.image_id for r in records], pa.string()),
-        "uri": pa.array([r.uri for r in records], pa.string()),
-        "width": pa.array([r.width for r in records], pa.int32()),
-        "height": pa.array([r.height for r in records], pa.int32()),
-        "num_regions": pa.array([r.num_regions for r in records], pa.int32()),
-        "boxes": _list_array([r.boxes for r in records], pa.float32()),
-        "region_embeddings": _list_array(
-            [_f16("region_embeddings", r.region_embeddings, f"image_id={r.image_id!r}") for r in records], pa.float16()
-        ),
-        "global_embedding": _list_array(
-            [None if r.global_embedding is None else _f16("global_embedding", r.global_embedding, r.image_id) for r in records],
-            pa.float16(),
-        ),
-        "labels": pa.array([r.labels for r in records], pa.list_(pa.field("element", pa.string()))),
-        "encoder": pa.array([r.encoder for r in records], pa.string()),
-        "encoder_hash": pa.array([r.encoder_hash for r in records], pa.string()),
-        "created_at": _ts(records),
-    }
-    return pa.RecordBatch.from_pydict(cols, schema=IMAGE_EMBEDDING_SCHEMA_V1)
+    return _encode(records, IMAGE_EMBEDDING_SCHEMA_V1, "image_id")
 
 
 def _decode_images(batch: pa.RecordBatch, dim: int) -> list[ImageEmbeddingRecord]:
@@ -219,24 +200,8 @@ IMAGE_EMBEDDINGS = Codec(
 
 
 def _encode_captions(records: Sequence[CaptionEmbeddingRecord], dim: int) -> pa.RecordBatch:
-    cols = {
-        "caption_id": pa.array([r.caption_id for r in records], pa.string()),
-        "image_id": pa.array([r.image_id for r in records], pa.string()),
-        "text": pa.array([r.text for r in records], pa.string()),
-        "num_words": pa.array([len(r.tokens) for r in records], pa.int32()),
-        "tokens": pa.array([list(r.tokens) for r in records], pa.list_(pa.field("element", pa.string()))),
-        "word_embeddings": _list_array(
-            [_f16("word_embeddings", r.word_embeddings, f"caption_id={r.caption_id!r}") for r in records], pa.float16()
-        ),
-        "global_embedding": _list_array(
-            [None if r.global_embedding is None else _f16("global_embedding", r.global_embedding, r.caption_id) for r in records],
-            pa.float16(),
-        ),
-        "encoder": pa.array([r.encoder for r in records], pa.string()),
-        "encoder_hash": pa.array([r.encoder_hash for r in records], pa.string()),
-        "created_at": _ts(records),
-    }
-    return pa.RecordBatch.from_pydict(cols, schema=CAPTION_EMBEDDING_SCHEMA_V1)
+    return _encode(records, CAPTION_EMBEDDING_SCHEMA_V1, "caption_id",
+                   num_words=pa.array([len(r.tokens) for r in records], pa.int32()))
 
 
 def _decode_captions(batch: pa.RecordBatch, dim: int) -> list[CaptionEmbeddingRecord]:
