@@ -220,11 +220,12 @@ def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet
               lr: Optional[float] = typer.Option(None), seed: int = typer.Option(0), device: str = typer.Option("auto"),
               workspace: Optional[Path] = _WS) -> None:
     """Train TERAN or SCAN on the workspace's region shards (a checkpoint every epoch; resumes after a crash)."""
+    from flows import commands
     from flows.runtime import fast_flow_settings
 
     ws = _workspace(workspace)
     try:
-        cap = _caption_table(captions, ws)
+        cap = commands.caption_table(captions, ws)
         from flows.train import train_flow
 
         with fast_flow_settings():
@@ -242,17 +243,6 @@ def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet
     console.print(f"checkpoint: {res['checkpoint']}")
 
 
-def _caption_table(captions: Path, ws: Any) -> Path:
-    """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it)."""
-    from storage import read_karpathy_json, write_caption_table
-
-    if captions.suffix == ".parquet":
-        return captions
-    images_root = captions.parent / "images"
-    rows = read_karpathy_json(captions, images_root=images_root if images_root.is_dir() else None)
-    return write_caption_table(ws.captions, rows)
-
-
 @app.command("evaluate")
 def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
                  captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
@@ -260,11 +250,12 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
                  help="coco1k | coco5k | f30k1k (default: all images of the split)"),
                  device: str = typer.Option("auto"), workspace: Optional[Path] = _WS) -> None:
     """Image-to-text and text-to-image R@1/5/10, medr, meanr and rsum of a checkpoint."""
+    from flows import commands
     from flows.runtime import fast_flow_settings
 
     ws = _workspace(workspace)
     try:
-        cap = _caption_table(captions, ws)
+        cap = commands.caption_table(captions, ws)
         from flows.train import evaluate_flow
 
         with fast_flow_settings():

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
 
-__all__ = ["DEMO_QUERIES", "demo_images", "region_labels", "run_pipeline", "search", "status"]
+__all__ = ["DEMO_QUERIES", "demo_images", "caption_table", "region_labels", "run_pipeline", "search", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,17 @@ def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None 
 
         render_heatmap(hits[0].uri, hits[0], explain)
     return hits
+
+
+def caption_table(captions: Path, ws: Workspace) -> Path:
+    """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it)."""
+    from storage import read_karpathy_json, write_caption_table
+
+    if captions.suffix == ".parquet":
+        return captions
+    images_root = captions.parent / "images"
+    rows = read_karpathy_json(captions, images_root=images_root if images_root.is_dir() else None)
+    return write_caption_table(ws.captions, rows)
 
 
 def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | None]:

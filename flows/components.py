@@ -164,7 +164,3 @@ def _feature_dim(ws: Workspace) -> int | None:
     from storage import RegionStore
 
     return RegionStore(ws.regions).feature_dim
-
-
-def workspace_of(root: str | Path) -> Workspace:
-    return Workspace(root=Path(root).expanduser().absolute())

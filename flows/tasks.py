@@ -146,7 +146,3 @@ def device_slot(slots: int = 1) -> Iterator[None]:
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     """Split into consecutive chunks of at most ``size`` (one mapped task each)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def index_dir_exists(path: Path) -> bool:
-    return path.exists() and any(path.iterdir())

@@ -128,16 +128,19 @@ def _final_name(name: str) -> str:
 
 
 def _tmp_owner_is_dead(name: str) -> bool:
-    """A temporary shard is stale when its writer was on this host and that process is gone."""
+    """Is a temporary file stale? Yes when it names no ``<host>-<pid>`` owner, or its owner was a
+    process on this host that is gone; other hosts' temporaries are never touched."""
     owner = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
     host, _, pid = owner.rpartition("-")
-    if host != _HOST or not pid.isdigit():
-        return host == "" or not pid.isdigit()  # unowned (old-style) leftovers are stale; other hosts' are not ours
+    if not host or not pid.isdigit():
+        return True
+    if host != _HOST:
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except PermissionError:  # alive, owned by another user
         return False
     return False
 

@@ -72,3 +72,22 @@ def test_workspace_refuses_a_second_detector(tmp_path: Path) -> None:
     assert ext.detector == "ssd-mobilenet-coco" and enc.encoder == "grounded"
     with pytest.raises(ValueError, match=r"built with detector 'ssd-mobilenet-coco'.*'butd-r101-c4'"):
         save_workspace_config(ws, ExtractConfig(detector="butd-r101-c4"), EncodeConfig(), IndexConfig())
+
+
+def test_caption_table_from_karpathy_json_hashes_the_images_beside_it(tmp_path: Path) -> None:
+    import json
+
+    from flows.commands import caption_table
+    from flows.config import Workspace
+    from storage import image_id_for_bytes, read_caption_table
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "a.jpg").write_bytes(b"photo-a")
+    (tmp_path / "data" / "cap.json").write_text(json.dumps({"images": [
+        {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "a dog", "sentid": 1}]}]}))
+    ws = Workspace(root=tmp_path / "ws")
+    out = caption_table(tmp_path / "data" / "cap.json", ws)
+    assert out == ws.captions
+    (row,) = read_caption_table(out)
+    assert (row.image_id, row.text, row.split) == (image_id_for_bytes(b"photo-a"), "a dog", "train")
+    assert caption_table(out, ws) == out  # a table is used as given
