@@ -181,3 +181,54 @@ def test_second_run_on_a_busy_workspace_fails_clearly(tmp_path: Path) -> None:
     with exclusive_lock(cfg.workspace.lock):
         with pytest.raises(StoreLockedError, match=r"another writer holds the lock on .*ws.*pid \d+"):
             commands.run_pipeline(cfg, incremental=True, orchestrate=False)
+
+
+def test_decode_workers_start_inside_an_orchestrated_process(prefect_server, tmp_path: Path) -> None:
+    """Forked DataLoader workers died in a process that had run flows; workers now come from a forkserver."""
+    from prefect import flow
+
+    from extractors import extract, get_detector
+    from storage import RegionStore
+
+    @flow
+    def warm() -> int:
+        return 1
+
+    assert warm() == 1  # this process now holds Prefect's API clients, log handlers and threads
+    images = tmp_path / "images"
+    make_images(images, 3, seed=6)
+    det = get_detector("butd-r101-c4", seed=0, **TINY_BUTD)
+    rep = extract(images, tmp_path / "store", detector=det, num_workers=2, batch_size=1)
+    assert (rep.n_extracted, rep.n_failed) == (3, 0)
+    assert len(RegionStore(tmp_path / "store")) == 3
+
+
+def test_device_slot_serialises_model_tasks_of_one_process(prefect_server) -> None:
+    import threading
+    import time
+
+    from prefect import flow, task
+
+    from flows.tasks import device_slot
+
+    spans: list[tuple[float, float]] = []
+    guard = threading.Lock()
+
+    @task
+    def model_task(i: int) -> int:
+        with device_slot(1):
+            t0 = time.perf_counter()
+            time.sleep(0.3)
+            with guard:
+                spans.append((t0, time.perf_counter()))
+        return i
+
+    @flow
+    def fan_out() -> list[int]:
+        return [f.result() for f in model_task.map(list(range(4)))]
+
+    assert fan_out() == [0, 1, 2, 3]
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+    with device_slot(1):  # outside any run: nothing to acquire
+        pass
