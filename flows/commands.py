@@ -58,28 +58,24 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
     from flows import components
     from flows.components import is_random_init
     from flows.pipeline import expand_images, save_workspace_config
-    from index import add_images, build_indexes, versions
-    from storage import ImageEmbeddingStore, exclusive_lock
+    from flows.tasks import update_index_task
+    from storage import exclusive_lock
 
     ws = cfg.workspace
     t0 = time.perf_counter()
     images = expand_images(cfg.images)
-    save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
     with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
+        save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
         ext = extract(images, ws.regions, detector=components.load_detector(cfg.extract), batch_size=cfg.extract.batch_size,
                       num_workers=cfg.extract.num_workers, rows_per_shard=cfg.extract.rows_per_shard,
                       progress=(lambda d, t: progress("extract", d, t)) if progress else None)
         ids = ext.image_ids
         enc = components.encode_images(cfg.encode, cfg.extract.detector, ws, ids,
                                        progress=(lambda d, t: progress("encode", d, t)) if progress else None)
-        if versions(ws.index_dir):
-            manifest = add_images(ws.index_dir, ImageEmbeddingStore(ws.image_embeddings), ids)
-        else:
-            manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.index.kinds, memory_budget=cfg.index.memory_budget,
-                                     target_recall=cfg.index.target_recall, seed=cfg.index.seed)
+        manifest = update_index_task.fn(ws, ids, cfg.index)  # the flows' own decision: add, or build the first version
     return {
         "images": len(images), "stored": len(ids), "extracted": ext.n_extracted, "skipped_existing": ext.n_skipped_existing,
-        "failed": ext.n_failed, "encoded": enc.written, "index_version": manifest.version,
+        "failed": ext.n_failed, "encoded": enc.written, "index_version": manifest["version"],
         "wall_seconds": round(time.perf_counter() - t0, 2), "failures": ext.failures,
         "notes": is_random_init(cfg.extract, cfg.encode),
     }

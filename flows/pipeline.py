@@ -77,8 +77,8 @@ def _run_stages(cfg: PipelineConfig, images: list[str], incremental: bool) -> di
     logger = get_run_logger()
     ws = cfg.workspace
     t0 = time.perf_counter()
-    save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
     with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
+        save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
         ext = _with_runner(extract_regions_flow, cfg.dask_address)(images, ws, cfg.extract)
         enc = _with_runner(encode_flow, cfg.dask_address)(ws, cfg.encode, cfg.extract.detector, ext["image_ids"])
         if incremental:

@@ -434,7 +434,8 @@ def add_images(
 ) -> Manifest:
     """Add images to the current version without retraining, and publish the result as a new version.
 
-    Ids already indexed are skipped (idempotent). Each index's probe ground truth is updated exactly and
+    Ids already indexed are skipped (idempotent); when none is new, nothing is published and the
+    current manifest is returned. Each index's probe ground truth is updated exactly and
     its recall re-measured; when a rebuild is due (growth beyond ``growth_factor``, recall drift, too
     many tombstones) and ``auto_rebuild`` is on, every alive image is re-indexed from ``embeddings``
     with the original build parameters instead (the manifest's history says why); with it off, the
@@ -455,6 +456,8 @@ def add_images(
     with vd.lock(lock_timeout):
         manifest, anns, probes, idmap = _load_for_update(vd)
         new = [s for s in dict.fromkeys(image_ids) if s not in idmap]
+        if not new:  # nothing to add: keep the current version rather than publish an identical one
+            return manifest
         vecs = _gather(source, "images", new)
         multi_kind = _MULTI_KIND[manifest.corpus]
         counts = vecs.n_multi if multi_kind in anns else [0] * len(vecs.item_ids)

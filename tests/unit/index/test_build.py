@@ -75,6 +75,8 @@ def test_add_then_remove_matches_exact_search(tmp_path: Path, scene: Scene) -> N
     assert m1.n_items == 200
     m2 = index.add_images(tmp_path / "idx", store, ids[150:260])  # 50 already indexed: skipped
     assert m2.version == 2 and m2.n_items == 260 and m2.history == ["build", "add 60 (50 already indexed)"]
+    assert index.add_images(tmp_path / "idx", store, ids[:10]).version == 2  # nothing new: no new version
+    assert [m.version for m in index.versions(tmp_path / "idx")][-1] == 2
     assert m2.indexes["region"].n_at_train == m1.indexes["region"].n_vectors  # no retraining
     m3 = index.remove_images(tmp_path / "idx", ids[:40] + ["not-there"])
     assert m3.version == 3 and m3.n_items == 220 and m3.history[-1] == "remove 40"
