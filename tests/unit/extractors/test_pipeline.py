@@ -45,7 +45,9 @@ def test_extract_writes_records_failures_and_provenance(tmp_path, good_images, b
         rgb = decode_image(path)
         assert (rec.width, rec.height) == (rgb.shape[1], rgb.shape[0])
         (want,) = detector.detect([detector.preprocessor(rgb)])  # one by one, no loader
-        np.testing.assert_array_equal(rec.boxes, want.boxes)
+        # Same boxes up to float rounding: a batch of 2 and a batch of 1 take different oneDNN/MKL kernels
+        # on some CPUs (seen on AVX-512 Zen 4: 1.9e-5 px apart), so bitwise equality is not a contract.
+        np.testing.assert_allclose(rec.boxes, want.boxes, rtol=0, atol=1e-3)
         np.testing.assert_allclose(rec.features.astype(np.float32), want.features.astype(np.float16), atol=1e-4 * np.abs(want.features).max())
         np.testing.assert_array_equal(rec.class_ids, want.class_ids)
     assert {"hash", "decode", "transform", "trunk", "rpn", "roi_head", "nms", "write"} <= set(rep.stage_seconds)
