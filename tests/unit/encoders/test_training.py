@@ -276,3 +276,35 @@ def test_evaluate_protocol_regroups_captions_five_per_image(tmp_path):
     for d in ("i2t", "t2i"):
         for k in ("r1", "r5", "r10", "medr"):
             assert got[d][k] == pytest.approx(ref[d][k], abs=1e-9), (d, k)
+
+
+# ALGORITHMS.md §3.5, the SCAN README commands (all with --max_violation --bi_gru):
+# direction, aggregation, lambda_softmax, lambda_lse (None: unused), lr, lr decay step, epochs
+SCAN_COMMANDS = {
+    "scan-f30k-t2i-lse": ("t2i", "LogSumExp", 9.0, 6.0, 2e-4, 15, 30),
+    "scan-f30k-t2i-avg": ("t2i", "Mean", 9.0, None, 2e-4, 15, 30),
+    "scan-f30k-i2t-lse": ("i2t", "LogSumExp", 4.0, 5.0, 2e-4, 15, 30),
+    "scan-f30k-i2t-avg": ("i2t", "Mean", 4.0, None, 2e-4, 15, 30),
+    "scan-coco-t2i-lse": ("t2i", "LogSumExp", 9.0, 6.0, 5e-4, 10, 20),
+    "scan-coco-t2i-avg": ("t2i", "Mean", 9.0, None, 5e-4, 10, 20),
+    "scan-coco-i2t-lse": ("i2t", "LogSumExp", 4.0, 20.0, 5e-4, 10, 20),
+    "scan-coco-i2t-avg": ("i2t", "Mean", 4.0, None, 5e-4, 10, 20),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCAN_COMMANDS))
+def test_shipped_scan_configs_are_the_reference_commands(name):
+    from encoders.scan import ScanModel
+    from encoders.teran import list_models
+
+    assert name in list_models()
+    direction, agg, lam_sm, lam_lse, lr, step, epochs = SCAN_COMMANDS[name]
+    texts = ["a dog on a red car ."] * 4 + ["a cat ."] * 3  # 'cat' is seen 3 times: below the threshold of 4
+    model, plan = training._build(name, texts, None)
+    assert type(model) is ScanModel and "dog" in model.vocab and "cat" not in model.vocab
+    c = model.cfg
+    assert (c.direction, c.agg_func, c.lambda_softmax, c.raw_feature_norm) == (direction, agg, lam_sm, "clipped_l2norm")
+    assert lam_lse is None or c.lambda_lse == lam_lse
+    assert (c.img_dim, c.embed_size, c.word_dim, c.num_layers, c.bi_gru) == (2048, 1024, 300, 1, True)
+    assert (plan.lr, plan.lr_step_epochs, plan.lr_gamma, plan.epochs, plan.batch_size) == (lr, step, 0.1, epochs, 128)
+    assert (plan.margin, plan.max_violation, plan.grad_clip) == (0.2, True, 2.0)
