@@ -33,6 +33,7 @@ from encoders.text import (
     TokenizedBatch,
     build_random_text_model,
     default_text_model_path,
+    drop_stop_words,
     load_text_model,
     tokenize,
 )
@@ -87,6 +88,9 @@ class TeranCfg:
         text_bert_config: ``BertConfig`` keyword arguments for ``text_model="random"``.
         text_layers: extra transformer layers on the backbone output (reference ``text-model.layers``, 0).
         max_tokens: caption truncation in word-pieces, special tokens included (TERAN pads to 88).
+        exclude_stopwords: drop English stop words from each caption before tokenisation, so they
+            never enter the alignment (reference ``exclude-stopwords``, default False; the list is
+            :data:`encoders.text.STOP_WORDS`). A caption made only of stop words is kept whole.
         pooling: alignment pooling, one of :data:`POOLINGS` (MrSw in the released configs).
         reference_trim: drop the last word-piece too (the reference quirk, ALGORITHMS.md §4.4).
         margin / max_violation: hinge loss (0.2, hardest negative).
@@ -114,6 +118,7 @@ class TeranCfg:
     text_bert_config: Mapping[str, Any] = field(default_factory=dict)
     text_layers: int = 0
     max_tokens: int = 88
+    exclude_stopwords: bool = False
     pooling: str = "MrSw"
     reference_trim: bool = True
     margin: float = 0.2
@@ -504,7 +509,10 @@ class TeranModel(nn.Module):
         return self.text_proj.weight.device
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedBatch:
-        """Word-piece batch of captions (``[CLS] ... [SEP]``, truncated to ``cfg.max_tokens``)."""
+        """Word-piece batch of captions (``[CLS] ... [SEP]``, truncated to ``cfg.max_tokens``; stop words
+        removed first when ``cfg.exclude_stopwords``)."""
+        if self.cfg.exclude_stopwords and not isinstance(texts, str):
+            texts = [drop_stop_words(t) for t in texts]
         return tokenize(self.tokenizer, texts, max_length=self.cfg.max_tokens)
 
     def encode_regions(self, batch: RegionBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,7 @@ __all__ = [
     "TokenizedBatch",
     "build_random_text_model",
     "default_text_model_path",
+    "drop_stop_words",
     "embed_words",
     "load_text_model",
     "split_words",
@@ -34,8 +35,8 @@ __all__ = [
 ]
 
 # A small English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions). Used by
-# the label-grounded encoder to drop words that no region label can match; not used by TERAN
-# (its `exclude-stopwords` option defaults to False).
+# the label-grounded encoder to drop words that no region label can match, and by TERAN's
+# `exclude_stopwords` option (default False, as in the reference).
 STOP_WORDS: frozenset[str] = frozenset(
     """a an the this that these those there here some any each every no not
     is are was were be been being am do does did has have had having will would can could shall should may
@@ -204,6 +205,15 @@ def tokenize(tokenizer: Any, texts: Sequence[str], *, max_length: int = 88) -> T
 def split_words(text: str) -> list[str]:
     """Lower-case word split used by the label-grounded encoder (letters/digits, keeps ``'s``)."""
     return _WORD_RE.findall(text.lower())
+
+
+def drop_stop_words(text: str) -> str:
+    """``text`` as its lower-cased words without :data:`STOP_WORDS` (TERAN's ``exclude-stopwords``).
+
+    A text made only of stop words (or of no words) comes back unchanged, so no caption is left empty.
+    """
+    kept = [w for w in split_words(text) if w not in STOP_WORDS]
+    return " ".join(kept) if kept else text
 
 
 @torch.no_grad()

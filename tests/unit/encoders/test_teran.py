@@ -328,3 +328,13 @@ def test_create_encoder_teran_coco_with_real_minilm():
     assert model.visual.transformer.layers[0].self_attn.embed_dim == 2048
     tokens = model.tokenize(["a man riding a horse"])
     assert tokens.tokens[0][0] == "[CLS]" and tokens.tokens[0][-1] == "[SEP]"
+
+
+def test_exclude_stopwords_removes_them_before_tokenising(tiny_model):
+    assert not tiny_cfg().exclude_stopwords  # reference default
+    model = TeranModel(tiny_cfg(exclude_stopwords=True), tiny_model.text_backbone, tiny_model.tokenizer)
+    got = model.tokenize(["A dog on the red car.", "the of a"]).tokens
+    assert got[0] == tiny_model.tokenize(["dog red car"]).tokens[0]
+    assert "the" in tiny_model.tokenize(["A dog on the red car."]).tokens[0]
+    assert got[1] == tiny_model.tokenize(["the of a"]).tokens[0]  # only stop words: kept whole, never empty
+    assert TeranCfg.from_dict(dict(tiny_cfg(exclude_stopwords=True).to_dict())).exclude_stopwords
