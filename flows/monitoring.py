@@ -7,6 +7,7 @@ groups artifacts of the same kind across runs.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 from uuid import UUID
 
@@ -23,20 +24,40 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
-    """A progress artifact updated as units of work complete (0-100 %)."""
+    """A progress artifact updated as units of work complete (0-100 %).
 
-    def __init__(self, key: str, total: int, description: str) -> None:
+    Updates are throttled to one API call per ``min_interval`` seconds: a shard that completes
+    sooner after the previous update is folded into the next one (or into :meth:`finish`), so
+    many small shards do not cost one round trip each, while realistic shards (tens of seconds
+    or more) still update the UI as each completes.
+    """
+
+    def __init__(self, key: str, total: int, description: str, *, min_interval: float = 2.0,
+                 clock: Any = time.monotonic) -> None:
         self.total, self.done = max(int(total), 1), 0
+        self.min_interval, self._clock = float(min_interval), clock
         self.id: UUID | None = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.shown = 0.0
+        self._last = self._clock()
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self.done / self.total)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        if self.id is not None:
-            update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
+        now = self._clock()
+        if now - self._last >= self.min_interval:
+            self._show(self.percent)
+            self._last = now
 
     def finish(self) -> None:
-        if self.id is not None:
-            update_progress_artifact(self.id, progress=100.0)
+        self._show(100.0)
+
+    def _show(self, percent: float) -> None:
+        if self.id is not None and percent != self.shown:
+            update_progress_artifact(self.id, progress=percent)
+            self.shown = percent
 
 
 def table(key: str, rows: Sequence[dict[str, Any]], description: str) -> None:
