@@ -319,12 +319,13 @@ def _caption_groups(sorted_lens: list[int], max_group: int) -> list[tuple[int, i
     """
     groups: list[tuple[int, int]] = []
     start, n = 0, len(sorted_lens)
-    max_group = max(8, max_group - max_group % 8)
-    min_group = max(8, max_group // 2)
+    align = 8 if max_group >= 8 else 1  # a tiny chunk_size (tests) keeps its bound instead
+    max_group -= max_group % align
+    min_group = max(align, max_group // 2)
     while start < n:
         end = start + 1
         while end < n and end - start < max_group and (
-            sorted_lens[end] == sorted_lens[start] or end - start < min_group or (end - start) % 8
+            sorted_lens[end] == sorted_lens[start] or end - start < min_group or (end - start) % align
         ):
             end += 1
         groups.append((start, end))
