@@ -32,7 +32,8 @@ def test_demo_pipeline_search_and_status(prefect_server, tmp_path: Path) -> None
     assert hits[0].score > hits[1].score
     labels = commands.region_labels(ws, [hits[0].image_id])[hits[0].image_id]
     (cat_word,) = [e for e in hits[0].explanation if e.token == "cat"]
-    assert labels[cat_word.region] == "cat" and cat_word.similarity == pytest.approx(1.0, abs=1e-3)
+    # contextual label/word vectors (encoders.grounded): "cat" matches the cat box at cosine ~0.93, not exactly 1
+    assert labels[cat_word.region] == "cat" and cat_word.similarity > 0.9
     assert (tmp_path / "cat.png").stat().st_size > 1000
     cup = commands.search(ws, "a cup of coffee", SearchConfig(k=3))
     assert Path(cup[0].uri).name == "coffee.jpg"

@@ -10,6 +10,7 @@ from encoders.labelbag import (
     COCO_SYNONYMS,
     LabelBagEncoder,
     label_bag_text,
+    natural_bag_text,
     normalize_query_text,
     record_labels,
     sentence_embeddings,
@@ -96,6 +97,30 @@ def test_encoder_scores_are_cosines_of_bag_and_caption(tiny_text_model):
     np.testing.assert_allclose(scores, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="label_names is empty"):
         LabelBagEncoder({}, text_model=tiny_text_model)
+
+
+def test_natural_bag_text_is_an_english_sentence_with_noun_spans():
+    text, spans = natural_bag_text(["dog", "person", "potted plant", "person", "dog", "person", "umbrella"])
+    assert text == "a photo of three people, two dogs, a potted plant and an umbrella"
+    assert {label: text[a:b] for label, (a, b) in spans.items()} == {
+        "person": "people", "dog": "dogs", "potted plant": "potted plant", "umbrella": "umbrella"}
+    assert natural_bag_text(["cat"]) == ("a photo of a cat", {"cat": (13, 16)})
+    assert natural_bag_text([]) == ("a photo", {})
+    plurals = natural_bag_text(["bench"] * 2 + ["wine glass"] * 3 + ["knife"] * 2 + ["skis"] * 2 + ["bus"] * 12)[0]
+    assert plurals == "a photo of 12 buses, three wine glasses, two benches, two knives and two skis"
+    # the order of the detections does not matter; the order of the labels is label_bag_text's
+    assert natural_bag_text(["cat", "dog", "dog"]) == natural_bag_text(["dog", "cat", "dog"])
+    assert natural_bag_text(["cat", "dog", "dog"])[0] == "a photo of two dogs and a cat"
+
+
+def test_encoder_natural_text_format(tiny_text_model):
+    enc = LabelBagEncoder(LABELS, text_model=tiny_text_model, text_format="natural")
+    recs = [record("f" * 64, [0, 1, 1, 18], [1.0, 0.9, 0.8, 0.5]), record("0" * 64, [0], [1.0])]
+    assert enc.image_texts(recs) == ["a photo of two people and a dog", "a photo"]
+    np.testing.assert_allclose(enc.encode_images(recs),
+                               sentence_embeddings(*tiny_text_model, enc.image_texts(recs)), atol=1e-6)
+    with pytest.raises(ValueError, match="text_format must be 'counts' or 'natural'; got 'prose'"):
+        LabelBagEncoder(LABELS, text_model=tiny_text_model, text_format="prose")
 
 
 COCO_SUBSET = ["person", "dog", "cat", "bench", "orange", "skis", "dining table", "cell phone", "hot dog", "couch", "giraffe"]
