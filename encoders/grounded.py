@@ -27,19 +27,20 @@ Two embeddings (``contextual``):
   consecutive words that form a multi-word label ("traffic light") are merged; the global vector is the
   sentence embedding of :func:`encoders.labelbag.label_bag_text`.
 
-Measured on the 239 real COCO photos of ``shared/data/coco-mini`` (1,195 captions, ``ssd-mobilenet-coco``
-regions with score >= 0.3 plus the scene box), text->image R@1/5/10 of MrSw (``bench/real.py``): static
-0.236/0.621/0.730; contextual 0.385/0.708/0.804; the label-bag baseline (sentence of "a photo of 2
-person, 1 dog" vs the caption's) 0.340/0.689/0.758. Where the contextual gain comes from (same run,
-choices on the ``val`` captions): contextual query words against static label vectors 0.249; labels in
-the "2 person, 1 dog" bag 0.350; in the English sentence 0.375 (0.352 without the scene region); query
-synonym normalisation costs 2-3 points in contextual mode (MiniLM already places "man" near "people").
-Keeping stop words gives MrSw 0.385 but SCAN re-ranking then loses (0.381 after re-ranking, val 0.403);
-dropping them gives MrSw 0.375 and 0.383 after SCAN re-ranking (val 0.430), the better search, so they
-are dropped.
+Measured on the 239 real COCO photos of ``shared/data/coco-mini`` (1,195 captions,
+``ssd-mobilenet-coco`` regions with score >= 0.3 plus the scene box), text->image R@1/5/10 of MrSw
+(``bench/real.py``): static 0.236/0.621/0.730; contextual 0.375/0.713/0.796 (0.383/0.706/0.804 after
+SCAN re-ranking); the label-bag baseline (sentence of "a photo of 2 person, 1 dog" vs the caption's)
+0.340/0.689/0.758. Where the contextual gain comes from (ablations of the same regions and captions,
+scratch scripts, not in the repository): contextual query words against static label vectors 0.249;
+labels in the "2 person, 1 dog" bag 0.350; in the English sentence 0.375 (0.352 without the scene
+region); query synonym normalisation costs 2-3 points in contextual mode (MiniLM already places "man"
+near "people"). Keeping stop words (``bench/real.py --keep-stopwords``) gives MrSw 0.385 but SCAN
+re-ranking then loses (0.381 after re-ranking, val 0.403); dropping them gives MrSw 0.375 and 0.383
+after SCAN re-ranking (val 0.430), the better search, so they are dropped.
 
 With contextual vectors a word's best region is no longer an exact label match: the explanation of
-"cat" points at the cat region with cosine ~0.9, not 1.
+"cat" points at the cat region with cosine ~0.93 (demo photo chelsea.jpg), not 1.
 
 The label map is a parameter (``label_names``): ``encoders`` never imports ``extractors``; the flows
 layer passes e.g. ``extractors.labels.coco_label_names()`` for ``ssd-mobilenet-coco`` shards.
