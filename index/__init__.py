@@ -10,7 +10,7 @@ an install hint (``index._faiss.import_faiss``).
 """
 
 from index._faiss import available_gpus
-from index.alignment import Alignment, maxsim_candidates, mrsw_align
+from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
 from index.ann import AnnIndex
 from index.build import (
     IndexHandle,
@@ -26,6 +26,7 @@ from index.build import (
 from index.heatmap import render_heatmap
 from index.idmap import IdMap
 from index.manifest import IndexInfo, Manifest
+from index.regions import RegionMatrix
 from index.spec import IndexSpec, choose_spec, parse_memory
 from index.tuning import RecallProbe, exact_knn, recall_at_k
 from index.twostage import (
@@ -34,6 +35,7 @@ from index.twostage import (
     RerankOutput,
     Reranker,
     SearchHit,
+    SearchStats,
     Searcher,
     WordExplanation,
     caption_search,
@@ -54,9 +56,11 @@ __all__ = [
     "Manifest",
     "QueryEncoder",
     "RecallProbe",
+    "RegionMatrix",
     "RerankOutput",
     "Reranker",
     "SearchHit",
+    "SearchStats",
     "Searcher",
     "VersionedDir",
     "WordExplanation",
@@ -72,6 +76,7 @@ __all__ = [
     "fuse_scores",
     "maxsim_candidates",
     "mrsw_align",
+    "mrsw_align_stacked",
     "open_index",
     "parse_memory",
     "recall_at_k",

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Alignment", "maxsim_candidates", "mrsw_align"]
+__all__ = ["Alignment", "maxsim_candidates", "mrsw_align", "mrsw_align_stacked"]
 
 
 @dataclass
@@ -52,23 +52,48 @@ def mrsw_align(words: np.ndarray, regions: Sequence[np.ndarray], *, pad_regions_
     Returns:
         :class:`Alignment` with ``scores float32[N]``.
     """
+    counts = np.array([r.shape[0] for r in regions], dtype=np.int64)
+    nonempty = [np.asarray(r) for r in regions if r.shape[0]]
+    stacked = np.concatenate(nonempty) if nonempty else np.zeros((0, np.shape(words)[-1]), np.float32)
+    return mrsw_align_stacked(words, stacked, counts, pad_regions_to=pad_regions_to)
+
+
+def mrsw_align_stacked(
+    words: np.ndarray, stacked: np.ndarray, counts: np.ndarray, *, pad_regions_to: int | None = None
+) -> Alignment:
+    """:func:`mrsw_align` on regions already stacked: item i owns the next ``counts[i]`` rows.
+
+    One matrix product and segment reductions, no per-item Python work (the second stage scores a few
+    thousand candidates per query with it, read as one block from a memory-mapped region matrix).
+
+    Args:
+        words: ``float[L, E]`` query word vectors.
+        stacked: ``float[sum(counts), E]`` region vectors of all items, item after item (float16 accepted).
+        counts: ``int[N]`` region count of each item (0 allowed).
+        pad_regions_to: as for :func:`mrsw_align`.
+    """
     words = np.asarray(words, dtype=np.float32)
     if words.ndim != 2:
         raise ValueError(f"words must be (L, E); got shape {tuple(words.shape)}")
-    n, n_words = len(regions), words.shape[0]
+    counts = np.asarray(counts, dtype=np.int64)
+    if stacked.ndim != 2 or stacked.shape[0] != int(counts.sum()):
+        raise ValueError(f"stacked regions have shape {tuple(stacked.shape)} but the counts sum to {int(counts.sum())}")
+    n, n_words = counts.shape[0], words.shape[0]
     best_sim = np.zeros((n, n_words), dtype=np.float32)
     best_region = np.full((n, n_words), -1, dtype=np.int64)
-    counts = np.array([r.shape[0] for r in regions], dtype=np.int64)
     nonempty = np.flatnonzero(counts > 0)
     if nonempty.size:
-        stacked = np.concatenate([np.asarray(regions[i], dtype=np.float32) for i in nonempty])  # [sum R, E]
         if stacked.shape[1] != words.shape[1]:
             raise ValueError(f"region vectors have dimension {stacked.shape[1]} but word vectors {words.shape[1]}")
-        sims = stacked @ words.T  # [sum R, L]
-        starts = np.concatenate([[0], np.cumsum(counts[nonempty])[:-1]])
-        best_sim[nonempty] = np.maximum.reduceat(sims, starts, axis=0)
-        for i, s in zip(nonempty, starts, strict=True):
-            best_region[i] = np.argmax(sims[s : s + counts[i]], axis=0)  # region index within item i
+        sims = np.asarray(stacked, dtype=np.float32) @ words.T  # [sum R, L]
+        c = counts[nonempty]
+        starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+        best = np.maximum.reduceat(sims, starts, axis=0)  # [N', L]
+        # first region reaching the maximum (np.argmax semantics), per item and word, without a loop
+        local = np.arange(sims.shape[0]) - np.repeat(starts, c)
+        hit = np.where(sims == np.repeat(best, c, axis=0), local[:, None], np.iinfo(np.int64).max)
+        best_sim[nonempty] = best
+        best_region[nonempty] = np.minimum.reduceat(hit, starts, axis=0)
     if pad_regions_to is not None:
         padded = (counts < pad_regions_to)[:, None] & (best_sim < 0)
         best_sim = np.where(padded, 0.0, best_sim).astype(np.float32)

@@ -26,6 +26,7 @@ from index._faiss import resolve_ngpu
 from index.ann import AnnIndex
 from index.idmap import IdMap
 from index.manifest import IndexInfo, Manifest
+from index.regions import RegionMatrix, RegionSegment, copy_segments, write_segment
 from index.spec import IndexSpec, choose_spec, parse_memory
 from index.tuning import RecallProbe, tune_search_param
 from index.version import VersionedDir
@@ -71,6 +72,7 @@ class _Vectors:
     multi_vecs: list[np.ndarray] = field(default_factory=list)
     encoder: str = ""
     encoder_hash: str = ""
+    images: list[Any] = field(default_factory=list)  # (boxes, uri, width, height) per image, for the region matrix
 
     def add(self, item_id: str, global_vec: np.ndarray | None, multi: np.ndarray, encoder: str, encoder_hash: str) -> None:
         self.item_ids.append(item_id)
@@ -78,6 +80,13 @@ class _Vectors:
         self.multi_vecs.append(np.asarray(multi, dtype=np.float16))
         self.encoder = self.encoder or encoder
         self.encoder_hash = self.encoder_hash or encoder_hash
+
+    def region_segment(self, int_ids: np.ndarray) -> RegionSegment:
+        """The gathered images as a region-matrix segment (image corpus only)."""
+        seg = RegionSegment()
+        for i, multi, (boxes, uri, width, height) in zip(int_ids, self.multi_vecs, self.images, strict=True):
+            seg.add(int(i), multi, boxes, uri, width, height)
+        return seg
 
     @property
     def n_multi(self) -> list[int]:
@@ -125,6 +134,8 @@ def _gather(source: EmbeddingSource, corpus: Corpus, item_ids: Sequence[str] | N
     for rec in records:
         item_id, g, multi = _record_vectors(rec, corpus)
         out.add(item_id, g, multi, getattr(rec, "encoder", ""), getattr(rec, "encoder_hash", ""))
+        if corpus == "images":
+            out.images.append((rec.boxes, rec.uri, rec.width, rec.height))
     return out
 
 
@@ -266,12 +277,25 @@ def _stage_full_build(
         indexes={k: v[1] for k, v in built.items()}, build=params, created_at=_now(), parent_version=parent,
         history=history, encoder=vecs.encoder, encoder_hash=vecs.encoder_hash,
     )
-    _publish(vd, manifest, {k: v[0] for k, v in built.items()}, {k: v[2] for k, v in built.items()}, idmap)
+    segment = vecs.region_segment(int_ids) if corpus == "images" else None
+    _publish(vd, manifest, {k: v[0] for k, v in built.items()}, {k: v[2] for k, v in built.items()}, idmap,
+             new_segment=segment)
     return manifest
 
 
-def _publish(vd: VersionedDir, manifest: Manifest, anns: dict[str, AnnIndex], probes: dict[str, RecallProbe], idmap: IdMap) -> None:
+def _publish(
+    vd: VersionedDir, manifest: Manifest, anns: dict[str, AnnIndex], probes: dict[str, RecallProbe], idmap: IdMap,
+    *, segments_from: Path | None = None, new_segment: RegionSegment | None = None,
+) -> None:
+    """Write a version (indexes, probes, id map, manifest, region matrix) and publish it atomically.
+
+    The region matrix of the new version is the segments of ``segments_from`` (hard-linked) plus
+    ``new_segment``; a version whose predecessor had no matrix gets none (search then reads the store).
+    """
     with vd.stage() as tmp:
+        had = bool(copy_segments(segments_from, tmp)) if segments_from is not None else False
+        if new_segment is not None and (segments_from is None or had):
+            write_segment(tmp, new_segment, manifest.embed_dim)
         for kind, ann in anns.items():
             info = manifest.indexes[kind]
             ann.save(tmp / info.file)
@@ -401,6 +425,7 @@ def _rebuild_reason(manifest: Manifest, anns: dict[str, AnnIndex]) -> str | None
 def _finish_update(
     vd: VersionedDir, source: EmbeddingSource | None, manifest: Manifest, anns: dict[str, AnnIndex],
     probes: dict[str, RecallProbe], idmap: IdMap, event: str, *, auto_rebuild: bool, ngpu: int,
+    new_segment: RegionSegment | None = None,
 ) -> Manifest:
     for kind, info in manifest.indexes.items():
         info.n_vectors = anns[kind].n_alive
@@ -419,7 +444,7 @@ def _finish_update(
     manifest.n_items = len(idmap)
     manifest.rebuild_due = reason
     manifest.history = history
-    _publish(vd, manifest, anns, probes, idmap)
+    _publish(vd, manifest, anns, probes, idmap, segments_from=vd.path(parent), new_segment=new_segment)
     return manifest
 
 
@@ -471,7 +496,8 @@ def add_images(
                 ann.add(x, ids)
                 probes[kind].add(np.asarray(x, dtype=np.float32), ids)
         event = f"add {len(vecs.item_ids)}" + (f" ({len(image_ids) - len(new)} already indexed)" if len(new) < len(image_ids) else "")
-        return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu)
+        return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu,
+                              new_segment=vecs.region_segment(int_ids))
 
 
 def remove_images(
@@ -514,6 +540,7 @@ class IndexHandle:
         idmap: the version's :class:`IdMap`.
         indexes: ``kind -> AnnIndex`` with the tuned search parameters set.
         path: the version directory.
+        regions: the version's region matrix (opened on first use), or ``None``.
     """
 
     def __init__(self, path: Path, *, mmap: bool = True, ngpu: int = 0) -> None:
@@ -526,6 +553,18 @@ class IndexHandle:
                                 search_value=info.search_value, mmap=mmap, ngpu=n_gpu)
             for kind, info in self.manifest.indexes.items()
         }
+        self._regions: RegionMatrix | None | bool = False  # False: not opened yet
+
+    @property
+    def regions(self) -> RegionMatrix | None:
+        """The version's memory-mapped :class:`index.regions.RegionMatrix`, or ``None`` when it has none
+        (a caption index, or an image index published before region matrices existed)."""
+        if self._regions is False:
+            try:
+                self._regions = RegionMatrix(self.path, self.idmap.image_ids)
+            except FileNotFoundError:
+                self._regions = None
+        return self._regions  # type: ignore[return-value]
 
     @property
     def version(self) -> int:

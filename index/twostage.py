@@ -15,7 +15,7 @@ from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from index.alignment import maxsim_candidates, mrsw_align
+from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
 from index.build import IndexHandle, open_index
 from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding
 
@@ -26,6 +26,7 @@ __all__ = [
     "RerankOutput",
     "Reranker",
     "SearchHit",
+    "SearchStats",
     "Searcher",
     "WordExplanation",
     "exhaustive_search",
@@ -201,14 +202,78 @@ def _make_hits(
     return hits
 
 
+@dataclass
+class SearchStats:
+    """What one :meth:`Searcher.search` did (benchmarks and diagnostics read it from ``last_stats``).
+
+    Attributes:
+        region_k: nearest regions retrieved per query word when the first stage stopped deepening.
+        candidate_ids: int ids of every image scored by exact MrSw (the first stage's output).
+        outside_bound: upper bound of the MrSw score of every image *not* retrieved (with respect to
+            the region index's lists; exact for a Flat index).
+        certified: whether ``outside_bound`` is at most the exact MrSw of the ``reranked``-th candidate,
+            i.e. the re-ranked set is the exhaustive MrSw top-``reranked`` (ties aside).
+        reranked: candidates the re-ranker scored.
+        source: ``"region_matrix"`` (the index version's memory-mapped vectors) or ``"embeddings"``.
+    """
+
+    region_k: int = 0
+    candidate_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    outside_bound: float = float("nan")
+    certified: bool = False
+    reranked: int = 0
+    source: str = ""
+
+
+class _Pool:
+    """Candidates scored by exact MrSw so far (grows while the first stage deepens)."""
+
+    def __init__(self, n_words: int) -> None:
+        self.pos: dict[int, int] = {}
+        self.ids = np.zeros(0, np.int64)
+        self.first = np.zeros(0, np.float32)
+        self.scores = np.zeros(0, np.float32)
+        self.best_region = np.zeros((0, n_words), np.int64)
+        self.best_sim = np.zeros((0, n_words), np.float32)
+
+    def add(self, ids: np.ndarray, first: np.ndarray, al: Any) -> None:
+        self.pos.update({int(i): len(self.pos) + j for j, i in enumerate(ids)})
+        self.ids = np.concatenate([self.ids, ids])
+        self.first = np.concatenate([self.first, first.astype(np.float32)])
+        self.scores = np.concatenate([self.scores, al.scores])
+        self.best_region = np.concatenate([self.best_region, al.best_region])
+        self.best_sim = np.concatenate([self.best_sim, al.best_sim])
+
+    def raise_first(self, ids: np.ndarray, first: np.ndarray) -> None:
+        rows = np.array([self.pos[int(i)] for i in ids], dtype=np.int64)
+        if rows.size:
+            np.maximum.at(self.first, rows, first.astype(np.float32))
+
+    def kth_score(self, k: int) -> float:
+        """The k-th best exact MrSw in the pool (``-inf`` when it holds fewer than k)."""
+        if k <= 0 or len(self.ids) < k:
+            return float("-inf")
+        return float(np.partition(self.scores, len(self.scores) - k)[len(self.scores) - k])
+
+
 class Searcher:
     """Two-stage text-to-image search over a published index, plus image-to-text over captions.
 
     Stage 1 gathers candidates from the region index (per query word, the ``region_k`` nearest
     regions; images ranked by the MaxSim upper bound of :func:`index.alignment.maxsim_candidates`)
-    and/or the global index (the query's global vector). Stage 2 fetches the candidates' region
-    embeddings from storage and computes exact TERAN MrSw; the top ``rerank_k`` are re-ranked by the
-    :class:`Reranker` and the final score is fused (:func:`fuse_scores`).
+    and the global index (the query's global vector), and scores them by exact TERAN MrSw. The depth
+    is *certified*: while the bound on every image not retrieved (the sum of each word's smallest
+    retrieved similarity) exceeds the exact MrSw of the ``rerank_k``-th candidate, ``region_k``
+    doubles (up to ``max_region_k``), so the re-ranked set is the exhaustive MrSw top-``rerank_k``
+    with respect to the region index's lists (exactly so for a Flat index). Stage 2 re-ranks the
+    MrSw top ``rerank_k`` with the :class:`Reranker` and fuses the scores (:func:`fuse_scores`);
+    with ``max_rerank_k > rerank_k`` it keeps re-ranking the next ``rerank_k`` while the next
+    candidate, given its MrSw and the highest re-ranker score seen so far, could still enter the
+    top ``k`` (a heuristic stop: it assumes no unseen candidate beats the best re-ranker score seen).
+
+    Region vectors come from the index version's memory-mapped region matrix
+    (:class:`index.regions.RegionMatrix`) when it has one and ``use_region_matrix`` is on, else
+    from ``embeddings``.
 
     Args:
         index_dir: a directory made by :func:`index.build_indexes`.
@@ -216,16 +281,16 @@ class Searcher:
         query_encoder: a :class:`QueryEncoder`.
         reranker: a :class:`Reranker`, or ``None`` (then ``fusion`` must be ``"mrsw"``).
         rerank_k: candidates re-ranked (100-256 is typical; ALBEF/BLIP use 128-256).
-        n_candidates: candidates scored exactly by MrSw (default ``max(4 * rerank_k, 1024)``). Exact
-            MrSw is cheap (~10 ms per 1000 images in memory); pruning the MaxSim union harder loses
-            good images when ``region_k`` is below the number of regions matching a word (the bounds
-            of the union are then nearly equal), so the default keeps ColBERT's "score the union".
-        region_k: nearest regions retrieved per query word (ColBERT-style k'; the MaxSim bound ranks
-            the union, so a few dozen per word suffice).
+        max_rerank_k: adaptive re-ranking depth limit (default ``rerank_k``: no adaptation).
+        n_candidates: cap on the images scored exactly per round (default: the whole MaxSim union,
+            ColBERT's "score the union"; the dropped images' bound enters the certificate).
+        region_k: nearest regions retrieved per query word in the first round.
+        max_region_k: the deepest ``region_k`` the certificate may ask for.
         global_k: nearest images retrieved by global vector (0 disables the global index).
         fusion: ``"scan"``, ``"weighted"`` or ``"mrsw"``; fusion_weight: the weight of the re-ranker.
         pad_regions_to: TERAN's zero fill (see :func:`index.alignment.mrsw_align`); 36 follows the
             reference evaluation, ``None`` disables it.
+        use_region_matrix: read candidates from the version's region matrix when it has one.
         caption_index_dir / captions: a caption index (:func:`index.build_caption_indexes`) and its
             ``CaptionEmbeddingStore``, for :meth:`search_captions`.
         version: the index version to open (default: current); ngpu: GPUs to search on.
@@ -239,12 +304,15 @@ class Searcher:
         reranker: Reranker | None = None,
         *,
         rerank_k: int = 128,
+        max_rerank_k: int | None = None,
         n_candidates: int | None = None,
         region_k: int = 256,
+        max_region_k: int = 4096,
         global_k: int = 128,
         fusion: Fusion = "scan",
         fusion_weight: float = 0.5,
         pad_regions_to: int | None = 36,
+        use_region_matrix: bool = True,
         caption_index_dir: str | Path | None = None,
         captions: Any = None,
         version: int | None = None,
@@ -256,6 +324,12 @@ class Searcher:
             raise ValueError(f"fusion={fusion!r} needs a reranker; pass reranker=... or fusion='mrsw'")
         if rerank_k <= 0 or region_k <= 0 or global_k < 0:
             raise ValueError(f"rerank_k and region_k must be positive, global_k >= 0; got {rerank_k}, {region_k}, {global_k}")
+        if max_rerank_k is not None and max_rerank_k < rerank_k:
+            raise ValueError(f"max_rerank_k ({max_rerank_k}) must be >= rerank_k ({rerank_k})")
+        if max_region_k < region_k:
+            raise ValueError(f"max_region_k ({max_region_k}) must be >= region_k ({region_k})")
+        if n_candidates is not None and n_candidates <= 0:
+            raise ValueError(f"n_candidates must be positive (or None for the whole union); got {n_candidates}")
         if fusion not in ("scan", "mrsw", "weighted"):
             raise ValueError(f"unknown fusion {fusion!r}; expected 'scan', 'mrsw' or 'weighted'")
         self.handle: IndexHandle = open_index(index_dir, version, ngpu=ngpu)
@@ -265,12 +339,16 @@ class Searcher:
         self.query_encoder = query_encoder
         self.reranker = reranker
         self.rerank_k = rerank_k
-        self.n_candidates = n_candidates or max(4 * rerank_k, 1024)
+        self.max_rerank_k = max_rerank_k or rerank_k
+        self.n_candidates = n_candidates
         self.region_k = region_k
+        self.max_region_k = max_region_k
         self.global_k = global_k
         self.fusion: Fusion = fusion
         self.fusion_weight = fusion_weight
         self.pad_regions_to = pad_regions_to
+        self.regions = self.handle.regions if use_region_matrix else None
+        self.last_stats = SearchStats()
         self.caption_handle: IndexHandle | None = None
         self.captions = None
         if caption_index_dir is not None:
@@ -279,22 +357,98 @@ class Searcher:
             self.caption_handle = open_index(caption_index_dir, ngpu=ngpu)
             self.captions = _open_source(captions, "captions")
 
-    def candidates(self, query: QueryEmbedding) -> dict[str, float]:
-        """Stage 1: ``image_id -> first-stage score`` (MaxSim bound, or global cosine if larger)."""
-        out: dict[str, float] = {}
+    def _region_round(self, words: np.ndarray, region_k: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+        """One first-stage round: ``(int ids, MaxSim bounds, outside bound, results retrieved)``."""
         h = self.handle
+        scores, items, _ = h.search_multi(words, region_k)
+        ids, bounds, outside = maxsim_candidates(scores, items, items.size, clip_at_zero=self.pad_regions_to is not None)
+        if self.n_candidates is not None and len(ids) > self.n_candidates:
+            outside = max(outside, float(bounds[self.n_candidates]))  # dropped images are bounded by their MaxSim bound
+            ids, bounds = ids[: self.n_candidates], bounds[: self.n_candidates]
+        alive = h.idmap.alive[ids]
+        return ids[alive], bounds[alive], outside, int((items >= 0).sum())
+
+    def candidates(self, query: QueryEmbedding) -> dict[str, float]:
+        """Stage 1 of one round at ``region_k`` (no deepening): ``image_id -> first-stage score``
+        (MaxSim bound, or the global cosine if larger)."""
+        out: dict[str, float] = {}
         words = np.asarray(query.word_embeddings, dtype=np.float32)
-        if "region" in h.indexes and words.shape[0]:
-            scores, items, _ = h.search_multi(words, self.region_k)
-            ids, bounds, _ = maxsim_candidates(scores, items, self.n_candidates, clip_at_zero=self.pad_regions_to is not None)
-            for i, b in zip(ids, bounds, strict=True):
-                if h.idmap.alive[i]:
-                    out[h.idmap.image_id(i)] = float(b)
-        if "global" in h.indexes and self.global_k and query.global_embedding is not None:
-            scores_g, ids_g = h.search_global(np.asarray(query.global_embedding, np.float32)[None], self.global_k)
-            for s, image_id in zip(scores_g[0], ids_g[0], strict=False):
-                out[image_id] = max(out.get(image_id, -np.inf), float(s))
+        if "region" in self.handle.indexes and words.shape[0]:
+            ids, bounds, _, _ = self._region_round(words, self.region_k)
+            out.update({self.handle.idmap.image_id(int(i)): float(b) for i, b in zip(ids, bounds, strict=True)})
+        for i, s in zip(*self._global_candidates(query), strict=True):
+            image_id = self.handle.idmap.image_id(int(i))
+            out[image_id] = max(out.get(image_id, -np.inf), float(s))
         return out
+
+    def _global_candidates(self, query: QueryEmbedding) -> tuple[np.ndarray, np.ndarray]:
+        h = self.handle
+        if "global" not in h.indexes or not self.global_k or query.global_embedding is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores_g, ids_g = h.search_global(np.asarray(query.global_embedding, np.float32)[None], self.global_k)
+        ids = h.idmap.lookup(ids_g[0])
+        return ids, np.asarray(scores_g[0][: len(ids)], np.float32)
+
+    def _score_new(
+        self, pool: _Pool, ids: np.ndarray, first: np.ndarray, words: np.ndarray, cache: dict[int, ImageEmbeddingRecord],
+        depth: int | None = None, chunk: int = 256,
+    ) -> float:
+        """Exact MrSw of the ids not yet in ``pool``; raise the first-stage score of the others.
+
+        With ``depth``, ``ids`` come sorted by decreasing MaxSim bound and are scored in chunks until the
+        next bound falls below the pool's ``depth``-th exact score (Fagin's threshold: none of the rest
+        can enter the top ``depth``); returns that next bound (``-inf`` when every id was scored).
+        """
+        seen = np.array([int(i) in pool.pos for i in ids], dtype=bool)
+        pool.raise_first(ids[seen], first[seen])
+        new, first_new = ids[~seen], first[~seen]
+        if depth is None:
+            self._score(pool, new, first_new, words, cache)
+            return float("-inf")
+        for c0 in range(0, len(new), chunk):
+            if c0 and first_new[c0] < pool.kth_score(depth):
+                return float(first_new[c0])
+            self._score(pool, new[c0 : c0 + chunk], first_new[c0 : c0 + chunk], words, cache)
+        return float("-inf")
+
+    def _score(self, pool: _Pool, new: np.ndarray, first_new: np.ndarray, words: np.ndarray, cache: dict[int, ImageEmbeddingRecord]) -> None:
+        if not new.size:
+            return
+        if self.regions is not None:
+            stacked, counts = self.regions.gather(new)
+            al = mrsw_align_stacked(words, stacked, counts, pad_regions_to=self.pad_regions_to)
+        else:
+            recs = self.embeddings.get([self.handle.idmap.image_id(int(i)) for i in new])
+            cache.update(zip(new.tolist(), recs, strict=True))
+            al = mrsw_align(words, [r.region_embeddings for r in recs], pad_regions_to=self.pad_regions_to)
+        pool.add(new, first_new, al)
+
+    def _records(self, ids: np.ndarray, cache: dict[int, ImageEmbeddingRecord]) -> list[ImageEmbeddingRecord]:
+        if self.regions is not None:
+            return self.regions.records(ids)
+        missing = [int(i) for i in ids if int(i) not in cache]
+        if missing:
+            cache.update(zip(missing, self.embeddings.get([self.handle.idmap.image_id(i) for i in missing]), strict=True))
+        return [cache[int(i)] for i in ids]
+
+    def _certify(self, pool: _Pool, words: np.ndarray, depth: int, state: dict[str, Any], cache: dict[int, ImageEmbeddingRecord]) -> None:
+        """Deepen the region search until the pool provably holds the exact MrSw top-``depth``."""
+        if "region" not in self.handle.indexes or not words.shape[0]:
+            return
+        while True:
+            if state.get("round_ids") is not None:  # score what the last round offers down to the threshold
+                pruned = self._score_new(pool, state["round_ids"], state["round_bounds"], words, cache, depth)
+                state["outside"] = max(state["round_outside"], pruned)
+            if state["outside"] <= pool.kth_score(depth):
+                state["certified"] = True
+                return
+            state["certified"] = False
+            if state["region_k"] >= self.max_region_k or state["exhausted"]:
+                return
+            region_k = self.region_k if state["region_k"] == 0 else min(2 * state["region_k"], self.max_region_k)
+            ids, bounds, outside, retrieved = self._region_round(words, region_k)
+            state["exhausted"] = retrieved <= state["retrieved"]  # a deeper search found nothing more
+            state.update(region_k=region_k, round_outside=outside, round_ids=ids, round_bounds=bounds, retrieved=retrieved)
 
     def search(self, text: str, k: int = 10) -> list[SearchHit]:
         """Text-to-image search.
@@ -304,7 +458,7 @@ class Searcher:
             k: results to return.
 
         Returns:
-            Up to ``k`` :class:`SearchHit`, best first.
+            Up to ``k`` :class:`SearchHit`, best first; :attr:`last_stats` describes the search.
         """
         return self.search_embedding(self.query_encoder.encode_query(text), k)
 
@@ -312,34 +466,64 @@ class Searcher:
         """:meth:`search` for an already encoded query."""
         if k <= 0:
             raise ValueError(f"k must be positive; got {k}")
-        cands = self.candidates(query)
-        if not cands:
-            return []
-        ids = list(cands)
-        records = self.embeddings.get(ids)
-        first = np.array([cands[r.image_id] for r in records], dtype=np.float32)
         words = np.asarray(query.word_embeddings, np.float32)
-        mrsw = mrsw_align(words, [r.region_embeddings for r in records], pad_regions_to=self.pad_regions_to)
-        order = np.argsort(-mrsw.scores, kind="stable")
-        keep = order[: max(self.rerank_k, k)] if self.reranker is not None else order[:k]
-        records = [records[i] for i in keep]
-        first, mrsw = first[keep], _subset(mrsw, keep)
-        scan: np.ndarray | None = None
-        weights: list[np.ndarray | None] | None = None
-        if self.reranker is not None:
-            top = records[: self.rerank_k]
-            out = self.reranker.rerank(query, top)
-            scan_top = _check_rerank(out, len(top), words.shape[0], top)
-            final_top = fuse_scores(mrsw.scores[: len(top)], scan_top, words.shape[0], fusion=self.fusion, weight=self.fusion_weight)
-            # candidates past rerank_k rank after every re-ranked one, in MrSw order (ALBEF's -100)
-            rest = len(records) - len(top)
-            final = np.concatenate([final_top, np.min(final_top) - 1.0 - np.arange(rest, dtype=np.float32)]) if rest else final_top
-            scan = np.concatenate([scan_top, np.full(rest, np.nan, np.float32)])
-            if out.word_region_weights is not None:  # candidates not re-ranked fall back to MrSw weights
-                weights = [*out.word_region_weights, *([None] * rest)]
+        pool, cache = _Pool(words.shape[0]), {}
+        state: dict[str, Any] = {"region_k": 0, "outside": float("inf"), "retrieved": -1, "exhausted": False,
+                                 "certified": False}
+        g_ids, g_scores = self._global_candidates(query)
+        self._score_new(pool, g_ids, g_scores, words, cache)
+        depth = max(self.rerank_k, k) if self.reranker is not None else k
+        self._certify(pool, words, depth, state, cache)
+        stats = SearchStats(source="region_matrix" if self.regions is not None else "embeddings")
+        self.last_stats = stats
+        if not len(pool.ids):
+            return []
+        order = np.argsort(-pool.scores, kind="stable")
+        n_words = words.shape[0]
+        if self.reranker is None:
+            top = order[:k]
+            final = fuse_scores(pool.scores[top], None, n_words, fusion="mrsw", weight=0.0)
+            scan, weights, records = None, None, self._records(pool.ids[top], cache)
         else:
-            final = fuse_scores(mrsw.scores, None, words.shape[0], fusion="mrsw", weight=0.0)
-        hits = _make_hits(query, records, final, mrsw, first, scan, weights, k)
+            records, scan_parts, weights_parts = [], [], []
+            done = 0
+            while True:
+                chunk = order[done:depth]
+                recs = self._records(pool.ids[chunk], cache)
+                out = self.reranker.rerank(query, recs)
+                scan_parts.append(_check_rerank(out, len(recs), n_words, recs))
+                weights_parts.append(out.word_region_weights)
+                records.extend(recs)
+                done += len(chunk)
+                if depth >= self.max_rerank_k or done >= len(order):
+                    break
+                scan_done = np.concatenate(scan_parts)
+                fused = fuse_scores(pool.scores[order[:done]], scan_done, n_words, fusion=self.fusion, weight=self.fusion_weight)
+                kth = np.sort(fused)[-k] if done >= k else -np.inf
+                reach = fuse_scores(pool.scores[order[done : done + 1]], scan_done.max(keepdims=True), n_words,
+                                    fusion=self.fusion, weight=self.fusion_weight)[0]
+                if reach < kth:  # the next candidate cannot enter the top k unless it beats every score seen
+                    break
+                depth = min(depth + self.rerank_k, self.max_rerank_k)
+                self._certify(pool, words, depth, state, cache)
+                order = np.argsort(-pool.scores, kind="stable")  # the pool may have grown
+            top = order[:done]
+            scan_top = np.concatenate(scan_parts)
+            final = fuse_scores(pool.scores[top], scan_top, n_words, fusion=self.fusion, weight=self.fusion_weight)
+            weights = None if any(w is None for w in weights_parts) else [w for part in weights_parts for w in part]
+            scan = scan_top
+            if done < k:  # fewer re-ranked than asked for: the rest follow in MrSw order (ALBEF's -100)
+                rest = order[done:k]
+                records.extend(self._records(pool.ids[rest], cache))
+                final = np.concatenate([final, np.min(final) - 1.0 - np.arange(len(rest), dtype=np.float32)])
+                scan = np.concatenate([scan_top, np.full(len(rest), np.nan, np.float32)])
+                weights = None if weights is None else [*weights, *([None] * len(rest))]
+                top = np.concatenate([top, rest])
+            stats.reranked = done
+        stats.region_k, stats.candidate_ids = state["region_k"], pool.ids.copy()
+        stats.outside_bound, stats.certified = float(state["outside"]), bool(state["certified"])
+        al = Alignment(scores=pool.scores[top], best_region=pool.best_region[top], best_sim=pool.best_sim[top])
+        hits = _make_hits(query, records, final, al, pool.first[top], scan, weights, k)
         for h in hits:
             if "scan" in h.stage_scores and np.isnan(h.stage_scores["scan"]):
                 del h.stage_scores["scan"]
@@ -364,10 +548,6 @@ class Searcher:
         (image,) = self.embeddings.get([image_id])
         return caption_search(image, self.caption_handle, self.captions, k, word_k=word_k, n_candidates=n_candidates,
                               pad_regions_to=self.pad_regions_to)
-
-
-def _subset(al: Any, keep: np.ndarray) -> Any:
-    return type(al)(scores=al.scores[keep], best_region=al.best_region[keep], best_sim=al.best_sim[keep])
 
 
 def caption_search(

@@ -84,3 +84,27 @@ def test_maxsim_candidates_handles_missing_results() -> None:
     assert outside == pytest.approx(0.5)
     ids, _, _ = maxsim_candidates(scores, np.full((1, 3), -1), 5)
     assert ids.size == 0
+
+
+@pytest.mark.parametrize("pad_to", [None, 36, 4])
+def test_stacked_mrsw_equals_the_per_item_form_with_ties_and_empty_items(pad_to: int | None) -> None:
+    from index.alignment import mrsw_align_stacked
+
+    rng = np.random.default_rng(3)
+    words = rng.standard_normal((3, 8)).astype(np.float32)
+    regions = [rng.standard_normal((int(r), 8)).astype(np.float16) for r in (4, 0, 1, 6, 3)]
+    regions[3][4] = regions[3][1]  # a tie: the first region holding the maximum is reported, as np.argmax does
+    al = mrsw_align(words, regions, pad_regions_to=pad_to)
+    st = mrsw_align_stacked(words, np.concatenate([r for r in regions if len(r)]), np.array([len(r) for r in regions]),
+                            pad_regions_to=pad_to)
+    np.testing.assert_array_equal(st.scores, al.scores)
+    np.testing.assert_array_equal(st.best_region, al.best_region)
+    for i, r in enumerate(regions):
+        sims = np.asarray(r, np.float32) @ words.T
+        for w in range(3):
+            if len(r) and (pad_to is None or len(r) >= pad_to or sims[:, w].max() >= 0):
+                assert al.best_region[i, w] == int(np.argmax(sims[:, w]))
+            else:
+                assert al.best_region[i, w] == -1
+    with pytest.raises(ValueError, match="counts sum"):
+        mrsw_align_stacked(words, np.zeros((3, 8), np.float32), np.array([1, 1]))

@@ -167,3 +167,46 @@ def test_search_captions_equals_brute_force(tmp_path: Path, caption_store) -> No
         hits_at_5 += img.image_id in {h.image_id for h in hits}
     # captions name the image's own concepts, so one of its 2 (out of 400) captions is usually in the top 5
     assert hits_at_5 >= 10  # chance: ~0.6 of 25
+
+
+def test_certified_depth_finds_the_exact_mrsw_top_k_from_a_shallow_start(built, scene: Scene) -> None:
+    """Each concept has ~80 regions in the 600-image scene; 4 regions per word cannot hold the top 10,
+    so the first stage must deepen until the bound on unretrieved images proves the top 10 complete."""
+    idx, store, _ = built
+    all_recs = list(store.iter_records())
+    enc = BagOfWordsEncoder(scene.prototypes)
+    certified = index.Searcher(idx, store, enc, None, fusion="mrsw", region_k=4, global_k=0)
+    shallow = index.Searcher(idx, store, enc, None, fusion="mrsw", region_k=4, max_region_k=4, global_k=0)
+    shallow_exact = []
+    for q in QUERIES:
+        words = enc.encode_query(q).word_embeddings
+        ref = [r.image_id for r in sorted(all_recs, key=lambda r: -mrsw_loop(words, np.asarray(r.region_embeddings, np.float32)))[:10]]
+        assert [h.image_id for h in certified.search(q, k=10)] == ref
+        st = certified.last_stats
+        assert st.certified and st.region_k > 4
+        ref_scores = sorted((mrsw_loop(words, np.asarray(r.region_embeddings, np.float32)) for r in all_recs), reverse=True)
+        assert st.outside_bound <= ref_scores[9] + 1e-5
+        shallow_exact.append([h.image_id for h in shallow.search(q, k=10)] == ref)
+        assert not shallow.last_stats.certified or shallow_exact[-1]
+    assert not all(shallow_exact)  # without deepening the same start misses images
+
+
+def test_adaptive_re_ranking_depth_recovers_what_a_fixed_depth_misses(built, scene: Scene) -> None:
+    idx, store, records = built
+    enc = BagOfWordsEncoder(scene.prototypes)
+    kw = dict(rerank_k=10, fusion="weighted", fusion_weight=0.3, global_k=0)
+    fixed = index.Searcher(idx, store, enc, NumpyScanReranker(), **kw)
+    adaptive = index.Searcher(idx, store, enc, NumpyScanReranker(), max_rerank_k=len(records), **kw)
+    agree_fixed, agree_adaptive, depths = [], [], []
+    for q in QUERIES:
+        ref = {h.image_id for h in exhaustive_search(enc.encode_query(q), records, NumpyScanReranker(), 10,
+                                                     fusion="weighted", fusion_weight=0.3)}
+        agree_fixed.append(len({h.image_id for h in fixed.search(q, 10)} & ref) / 10)
+        agree_adaptive.append(len({h.image_id for h in adaptive.search(q, 10)} & ref) / 10)
+        assert fixed.last_stats.reranked == 10
+        depths.append(adaptive.last_stats.reranked)
+    assert np.mean(agree_adaptive) == 1.0 and np.mean(agree_fixed) < 1.0, (agree_fixed, agree_adaptive)
+    # it stops once MrSw rules the rest out: far fewer than every candidate is re-ranked
+    assert all(d % 10 == 0 for d in depths) and max(depths) < len(records) / 2, depths
+    with pytest.raises(ValueError, match="max_rerank_k"):
+        index.Searcher(idx, store, enc, NumpyScanReranker(), rerank_k=10, max_rerank_k=5)

@@ -1,0 +1,230 @@
+"""The region matrix: every indexed image's region vectors (float16) and boxes, laid out for random
+access by int id and memory-mapped, written into each index version.
+
+The second stage of search needs the exact region vectors of a few thousand candidate images per
+query. Read from the Parquet embedding store that costs a row-group decode per candidate shard
+(hundreds of milliseconds); here a candidate is two slices of ``.npy`` files opened with
+``numpy.load(mmap_mode="r")``, so a query's candidates are one gather from the page cache.
+
+Layout, inside a version directory::
+
+    regions/segments.json            {"segments": ["seg-000001", ...], "dim": E}
+    regions/seg-000001.vectors.npy   float16[R_seg, E]   region vectors, image after image
+    regions/seg-000001.boxes.npy     float32[R_seg, 4]
+    regions/seg-000001.meta.json     {"int_ids": [...], "starts": [...], "counts": [...],
+                                      "uri": [...], "width": [...], "height": [...]}
+
+A full build writes one segment. :func:`index.add_images` writes one more segment holding only the
+new images and hard-links the existing (immutable) segment files from the previous version, so an
+update costs what it adds, and each version is complete and published atomically with its indexes.
+A later segment overrides an earlier one for an int id (an image re-added after removal); removal
+needs no rewrite: the id map's liveness decides what search returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from storage.records import ImageEmbeddingRecord
+
+__all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "copy_segments", "write_segment"]
+
+REGIONS_DIR = "regions"
+_SEGMENTS = "segments.json"
+
+
+@dataclass
+class RegionSegment:
+    """Images to write as one segment: int ids, their region vectors and boxes, and image metadata."""
+
+    int_ids: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    uri: list[str] = field(default_factory=list)
+    width: list[int] = field(default_factory=list)
+    height: list[int] = field(default_factory=list)
+
+    def add(self, int_id: int, vectors: np.ndarray, boxes: np.ndarray, uri: str, width: int, height: int) -> None:
+        self.int_ids.append(int(int_id))
+        self.vectors.append(np.asarray(vectors, dtype=np.float16))
+        self.boxes.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        self.uri.append(uri)
+        self.width.append(int(width))
+        self.height.append(int(height))
+
+
+def _segment_names(directory: Path) -> tuple[list[str], int | None]:
+    path = directory / REGIONS_DIR / _SEGMENTS
+    if not path.exists():
+        return [], None
+    doc = json.loads(path.read_text())
+    return list(doc["segments"]), doc.get("dim")
+
+
+def _write_segment_list(directory: Path, names: list[str], dim: int) -> None:
+    (directory / REGIONS_DIR / _SEGMENTS).write_text(json.dumps({"segments": names, "dim": dim}))
+
+
+def copy_segments(src_version: Path, dst_version: Path) -> list[str]:
+    """Make ``dst_version`` hold the segments of ``src_version`` (hard links; a copy where links fail).
+
+    Returns:
+        The segment names copied (empty when ``src_version`` has no region matrix).
+    """
+    names, dim = _segment_names(src_version)
+    if not names:
+        return []
+    src, dst = src_version / REGIONS_DIR, dst_version / REGIONS_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for suffix in (".vectors.npy", ".boxes.npy", ".meta.json"):
+            try:
+                os.link(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+            except OSError:  # another filesystem, or links unsupported: copy (segments are immutable)
+                shutil.copy2(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+    _write_segment_list(dst_version, names, int(dim or 0))
+    return names
+
+
+def write_segment(version_dir: Path, segment: RegionSegment, dim: int) -> str:
+    """Append ``segment`` to the region matrix of a staged version directory; returns its name.
+
+    Raises:
+        ValueError: a vector block does not have ``dim`` columns, or its row count differs from its boxes'.
+    """
+    names, old_dim = _segment_names(version_dir)
+    if old_dim not in (None, 0, dim):
+        raise ValueError(f"region matrix of {version_dir} is {old_dim}-d; cannot append {dim}-d vectors")
+    for i, (v, b) in enumerate(zip(segment.vectors, segment.boxes, strict=True)):
+        if v.shape[0] and v.shape[1] != dim:
+            raise ValueError(f"image int id {segment.int_ids[i]} has {v.shape[1]}-d region vectors; the matrix is {dim}-d")
+        if v.shape[0] != b.shape[0]:
+            raise ValueError(f"image int id {segment.int_ids[i]} has {v.shape[0]} region vectors but {b.shape[0]} boxes")
+    name = f"seg-{len(names) + 1:06d}"
+    out = version_dir / REGIONS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    counts = [int(v.shape[0]) for v in segment.vectors]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
+    vecs = [v for v in segment.vectors if v.shape[0]]
+    np.save(out / f"{name}.vectors.npy", np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float16))
+    boxes = [b for b in segment.boxes if b.shape[0]]
+    np.save(out / f"{name}.boxes.npy", np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+    meta = {"int_ids": segment.int_ids, "starts": starts, "counts": counts, "uri": segment.uri,
+            "width": segment.width, "height": segment.height}
+    (out / f"{name}.meta.json").write_text(json.dumps(meta))
+    _write_segment_list(version_dir, [*names, name], dim)
+    return name
+
+
+class RegionMatrix:
+    """Read-only, memory-mapped region matrix of one index version.
+
+    ``get`` returns :class:`storage.records.ImageEmbeddingRecord` objects like the embedding store's
+    (region vectors float16, boxes, uri, size; no global vector, labels or encoder fields), so the
+    re-ranker and the hit builder take them unchanged; :meth:`gather` returns the stacked vectors of
+    many images at once for exact MrSw.
+
+    Args:
+        version_dir: a published (or staged) index version holding ``regions/``.
+        image_ids: the version's id map strings, position = int id (to name the records).
+
+    Raises:
+        FileNotFoundError: the version has no region matrix (built before it existed: rebuild).
+    """
+
+    def __init__(self, version_dir: Path, image_ids: Sequence[str]) -> None:
+        names, dim = _segment_names(version_dir)
+        if not names:
+            raise FileNotFoundError(f"{version_dir} has no region matrix ({REGIONS_DIR}/{_SEGMENTS}); rebuild the index")
+        self.root = str(version_dir)
+        self.dim = int(dim or 0)
+        self.image_ids = list(image_ids)
+        n = len(self.image_ids)
+        self.segment = np.full(n, -1, dtype=np.int32)  # int id -> segment index (-1: not stored)
+        self.start = np.zeros(n, dtype=np.int64)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.width = np.zeros(n, dtype=np.int32)
+        self.height = np.zeros(n, dtype=np.int32)
+        self.uri: list[str] = [""] * n
+        self.vectors: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
+        base = version_dir / REGIONS_DIR
+        for s, name in enumerate(names):
+            self.vectors.append(np.load(base / f"{name}.vectors.npy", mmap_mode="r"))
+            self.boxes.append(np.load(base / f"{name}.boxes.npy", mmap_mode="r"))
+            meta = json.loads((base / f"{name}.meta.json").read_text())
+            ids = np.asarray(meta["int_ids"], dtype=np.int64)
+            if ids.size and int(ids.max()) >= n:
+                raise ValueError(f"region segment {name} of {version_dir} names int id {int(ids.max())} "
+                                 f"but the id map has {n} ids; the version is corrupt")
+            self.segment[ids] = s
+            self.start[ids] = meta["starts"]
+            self.count[ids] = meta["counts"]
+            self.width[ids] = meta["width"]
+            self.height[ids] = meta["height"]
+            for i, u in zip(ids.tolist(), meta["uri"], strict=True):
+                self.uri[i] = u
+        self._pos = {s: i for i, s in enumerate(self.image_ids)}
+
+    def int_ids(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Int ids of ``image_ids``.
+
+        Raises:
+            KeyError: an id is not in this version's region matrix (names the first).
+        """
+        out = np.fromiter((self._pos.get(s, -1) for s in image_ids), dtype=np.int64, count=len(image_ids))
+        bad = np.flatnonzero((out < 0) | (self.segment[np.maximum(out, 0)] < 0))
+        if bad.size:
+            raise KeyError(f"image {image_ids[int(bad[0])]!r} is not in the region matrix of {self.root}")
+        return out
+
+    def gather(self, int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(float16[sum R, E] stacked region vectors, int64[N] counts)`` of the images, in order."""
+        int_ids = np.asarray(int_ids, dtype=np.int64)
+        counts = self.count[int_ids]
+        seg = self.segment[int_ids]
+        if len(self.vectors) == 1:
+            rows = _ranges(self.start[int_ids], counts)
+            return np.asarray(self.vectors[0][rows]), counts
+        parts = np.empty((int(counts.sum()), self.dim), dtype=np.float16)
+        offset = np.concatenate([[0], np.cumsum(counts)])
+        for s in np.unique(seg):
+            sel = np.flatnonzero(seg == s)
+            rows = _ranges(self.start[int_ids[sel]], counts[sel])
+            parts[_ranges(offset[sel], counts[sel])] = self.vectors[int(s)][rows]
+        return parts, counts
+
+    def records(self, int_ids: np.ndarray) -> list[ImageEmbeddingRecord]:
+        """One :class:`ImageEmbeddingRecord` per int id (vectors copied out of the map)."""
+        out = []
+        for i in np.asarray(int_ids, dtype=np.int64).tolist():
+            s, a, c = int(self.segment[i]), int(self.start[i]), int(self.count[i])
+            out.append(ImageEmbeddingRecord(
+                image_id=self.image_ids[i], uri=self.uri[i], boxes=np.array(self.boxes[s][a : a + c]),
+                region_embeddings=np.array(self.vectors[s][a : a + c]), width=int(self.width[i]), height=int(self.height[i]),
+            ))
+        return out
+
+    def get(self, image_ids: Sequence[str]) -> list[ImageEmbeddingRecord]:
+        """Records by image id (the ``get`` of an embedding store). Raises ``KeyError`` for unknown ids."""
+        return self.records(self.int_ids(list(image_ids)))
+
+    def __len__(self) -> int:
+        return int((self.segment >= 0).sum())
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each pair, vectorised."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.repeat(np.asarray(starts, np.int64) - (ends - counts), counts) + np.arange(total)
