@@ -33,6 +33,10 @@ DEVICE_LIMIT = "regionrank-device"
 """Global concurrency limit held by every task that runs a model (one at a time per device by default)."""
 
 _RETRY = dict(retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+# Model tasks carry no Prefect tags: a tagged task asks the API for a "tag:..." concurrency lease on
+# every start, and on the SQLite backend that call is refused with a retryable 503 often enough to
+# cost a 2 s client back-off per shard (measured, bench/flows.py). Device slots are bounded by
+# :func:`device_slot` instead.
 
 
 @task(name="hash-images", cache_policy=NO_CACHE)
@@ -49,7 +53,7 @@ def hash_images_task(paths: list[str]) -> list[dict[str, str]]:
     return out
 
 
-@task(name="extract-shard", tags=["device"], **_RETRY)
+@task(name="extract-shard", **_RETRY)
 def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> dict[str, Any]:
     """Detect regions in one chunk of images and write them to the workspace's region store."""
     from extractors import extract
@@ -65,7 +69,7 @@ def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> d
     }
 
 
-@task(name="encode-shard", tags=["device"], **_RETRY)
+@task(name="encode-shard", **_RETRY)
 def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str) -> dict[str, Any]:
     """Embed one chunk of images (region store -> image embedding store)."""
     with device_slot(cfg.device_slots):
@@ -97,9 +101,17 @@ def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> 
 
 
 def ensure_device_limit(slots: int = 1) -> None:
-    """Create (or resize) the global concurrency limit that bounds model-running tasks per device."""
-    from prefect.client.orchestration import get_client
+    """Create (or resize) the global concurrency limit that bounds model-running tasks per device.
 
+    Only runs whose task runner sends tasks to other processes (Dask) use it (:func:`device_slot`);
+    for the in-process thread pool this is a no-op, saving the API round trips.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and isinstance(ctx.task_runner, ThreadPoolTaskRunner):
+        return
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(DEVICE_LIMIT, slots)
 
