@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +23,16 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 120.0, interval: 
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last observed: {last!r}")
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the process group a test started (``start_new_session=True``); SIGKILL it if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def make_images(folder: Path, n: int, *, seed: int, size: tuple[int, int] = (96, 72), start: int = 0) -> list[Path]:

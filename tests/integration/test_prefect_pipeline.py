@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_testdata import TINY_BUTD, make_images, wait_for
+from pipeline_testdata import TINY_BUTD, make_images, stop_process_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -136,11 +136,7 @@ def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None
         assert {"watched-folder", "on-demand"} <= deps
         assert run.deployment_id is not None
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
     assert len(RegionStore(ws / "regions")) == 4
     from index import versions
 
