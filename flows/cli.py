@@ -5,6 +5,7 @@ No logic lives here: see ``flows/commands.py`` and the flows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -310,17 +311,24 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
     except FileNotFoundError:
         extract, encode, index = None, None, None
     srv = None
+    api = contextlib.nullcontext()
     if server and "PREFECT_API_URL" not in os.environ:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
         from flows.server import start_local_server
 
         srv = start_local_server(Path(os.environ["PREFECT_HOME"]), port=port, database_url=database_url)
-        os.environ["PREFECT_API_URL"] = srv.api_url
+        os.environ["PREFECT_API_URL"] = srv.api_url  # for the flow-run processes the runner starts
+        # Prefect read its settings at import: without this the runner served against a temporary server
+        api = temporary_settings(updates={PREFECT_API_URL: srv.api_url})
         console.print(f"Prefect UI: {srv.ui_url}  (API {srv.api_url}; server log {srv.log_path})")
     try:
         from flows.serve import make_deployments, serve_deployments
 
-        deployments = make_deployments(ws, watch, cron=cron, interval=interval, extract=extract, encode=encode, index=index)
-        serve_deployments(deployments)
+        with api:
+            deployments = make_deployments(ws, watch, cron=cron, interval=interval, extract=extract, encode=encode,
+                                           index=index)
+            serve_deployments(deployments)
     except ValueError as exc:
         _fail(exc)
     finally:
