@@ -261,23 +261,18 @@ def xattn_scores(
         cap = _padded(captions[c0:c1], l_max) * w_mask[..., None].to(captions.dtype)  # [nc, L, d]
         return _Items(cap, w_mask, cap @ cap.transpose(1, 2) if direction == "i2t" else None)
 
-    def score(img: _Items, cap: _Items) -> torch.Tensor:
-        if direction == "t2i":
-            return _attend(img, cap, raw_feature_norm, agg_func, lambda_softmax, lambda_lse)
-        return _attend(cap, img, raw_feature_norm, agg_func, lambda_softmax, lambda_lse).t()
-
-    # The context side (the one whose Gram matrix is needed) is the outer loop: each Gram once.
-    blocks: list[list[torch.Tensor]] = [[] for _ in img_parts]  # blocks[image part][caption group]
+    # The context side (the one whose Gram matrix is needed) is the outer loop, built one part at a
+    # time (each Gram matrix once, memory bounded by a part); the query side is built once up front.
     if direction == "t2i":
-        for bi, (i0, i1) in enumerate(img_parts):
-            img = image_part(i0, i1)
-            blocks[bi] = [score(img, caption_part(c0, c1)) for c0, c1 in groups]
+        caps = [caption_part(c0, c1) for c0, c1 in groups]
+        rows = [[_attend(img, cap, raw_feature_norm, agg_func, lambda_softmax, lambda_lse) for cap in caps]
+                for img in (image_part(i0, i1) for i0, i1 in img_parts)]
     else:
-        for c0, c1 in groups:
-            cap = caption_part(c0, c1)
-            for bi, (i0, i1) in enumerate(img_parts):
-                blocks[bi].append(score(image_part(i0, i1), cap))
-    out = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
+        imgs = [image_part(i0, i1) for i0, i1 in img_parts]
+        cols = [[_attend(cap, img, raw_feature_norm, agg_func, lambda_softmax, lambda_lse).t() for img in imgs]
+                for cap in (caption_part(c0, c1) for c0, c1 in groups)]
+        rows = [list(row) for row in zip(*cols)]  # rows[image part][caption group]
+    out = torch.cat([torch.cat(row, dim=1) for row in rows], dim=0)
     return out[:, torch.argsort(order)]
 
 

@@ -105,10 +105,23 @@ def test_batched_equals_reference_loop_all_aggs_float32_chunked(direction: str, 
     cap_lens = torch.randint(1, 11, (13,), generator=gen)
     kw = dict(direction=direction, agg_func=agg, lambda_softmax=9.0, lambda_lse=6.0)
     ref = _ref_scores(images, captions, cap_lens, direction, "clipped_l2norm", agg, 9.0, 6.0)
-    for chunk in (1, 7, 10_000):  # chunking never changes a score
+    for chunk in (1, 7, 400, 10_000):  # chunking never changes a score (400: two caption groups of 8 and 5)
         got = xattn_scores(images, captions, cap_lens.tolist(), chunk_size=chunk, **kw)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_caption_groups_cover_sorted_captions_in_aligned_runs_of_near_equal_length() -> None:
+    from encoders.scan import _caption_groups
+
+    lens = sorted([3] * 5 + [4] * 30 + [7] * 40 + [9] * 3)
+    groups = _caption_groups(lens, 32)
+    assert groups[0][0] == 0 and groups[-1][1] == len(lens)
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))  # contiguous, no caption lost
+    sizes = [c1 - c0 for c0, c1 in groups]
+    assert max(sizes) <= 32 and all(n % 8 == 0 for n in sizes[:-1])  # rows of the product stay 8-aligned
+    assert all(n >= 16 for n in sizes[:-1])  # short runs are merged, not scored as narrow products
+    assert _caption_groups([1, 1, 2, 2, 2, 3], 1) == [(i, i + 1) for i in range(6)]  # a tiny chunk keeps its bound
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
