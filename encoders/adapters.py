@@ -179,3 +179,40 @@ class ScanReranker:
             att_np = att.float().cpu().numpy()
             weights.extend(att_np[i, :, : c.num_regions].copy() for i, c in enumerate(chunk))
         return RerankResult(scores=scores, word_region_weights=weights)
+
+    def estimate(self, query: QueryEmbedding, sims: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Estimated SCAN scores of many candidates from their word-region cosines (no region vectors).
+
+        ``index``'s two-stage search already holds, for exact MrSw, the cosine of every query word with
+        every region of its candidates; from those this returns :func:`encoders.scan.xattn_score_estimates`
+        (SCAN with the attended vectors' norm taken as 1), which ranks candidates for re-ranking far
+        closer to SCAN than MrSw does (an image with several instances of a word's concept gains under
+        SCAN's attention, not under MrSw's max).
+
+        Args:
+            query: the query (only its word count is used).
+            sims: ``float[sum(counts), L]`` cosines, candidate after candidate, one column per query word.
+            counts: ``int[N]`` regions of each candidate (0 allowed: scores as if it had one zero region).
+
+        Returns:
+            ``float32[N]``.
+        """
+        from encoders.scan import xattn_score_estimates
+
+        counts = np.asarray(counts, dtype=np.int64)
+        n_words = len(query.tokens) if query.word_embeddings is None else int(np.shape(query.word_embeddings)[0])
+        if sims.ndim != 2 or sims.shape[0] != int(counts.sum()) or sims.shape[1] != n_words:
+            raise ValueError(f"sims must be (sum(counts)={int(counts.sum())}, {n_words} query words); got {tuple(sims.shape)}")
+        if counts.size == 0:
+            return np.zeros(0, np.float32)
+        lens = np.maximum(counts, 1)
+        padded = np.zeros((counts.size, int(lens.max()), n_words), dtype=np.float32)
+        starts = np.cumsum(counts) - counts
+        rows = np.repeat(np.arange(counts.size), counts)
+        padded[rows, np.arange(int(counts.sum())) - np.repeat(starts, counts)] = sims
+        with torch.no_grad():
+            est = xattn_score_estimates(torch.from_numpy(padded).to(self.device), torch.from_numpy(lens).to(self.device),
+                                        direction=self.direction, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
+                                        agg_func=self.agg_func, lambda_softmax=self.lambda_softmax,  # type: ignore[arg-type]
+                                        lambda_lse=self.lambda_lse)
+        return est.float().cpu().numpy()

@@ -48,6 +48,7 @@ __all__ = [
     "l2norm",
     "mean_pool_scores",
     "xattn_i2t_attention",
+    "xattn_score_estimates",
     "xattn_scores",
     "xattn_t2i_attention",
 ]
@@ -412,6 +413,56 @@ def xattn_i2t_attention(
     s = (words @ images.reshape(-1, images.shape[-1]).t()).view(1, words.shape[0], *images.shape[:2])  # [1, L, ni, R]
     q_mask = None if mask is None else mask[None, None]
     return _attention(s, raw_feature_norm, lambda_softmax, None, q_mask, cdim=1, qdim=3)[0].permute(1, 2, 0)
+
+
+def xattn_score_estimates(
+    sims: torch.Tensor,
+    region_lens: Any | None = None,
+    *,
+    direction: Direction = "t2i",
+    raw_feature_norm: RawNorm = "clipped_l2norm",
+    agg_func: Agg = "LogSumExp",
+    lambda_softmax: float = 9.0,
+    lambda_lse: float = 6.0,
+) -> torch.Tensor:
+    """SCAN scores of one caption against many images estimated from the raw word-region cosines alone.
+
+    Steps A and B of :func:`xattn_scores` only need the raw scores ``s_ij``, and so does the numerator
+    of Step C's relevance, ``<q_j, a_j> = Σ_i α_ij s_ij``. Its denominator ``‖a_j‖`` needs the context
+    Gram matrix; for unit context vectors ``a_j`` is a convex combination, so ``‖a_j‖ <= 1``. This
+    takes ``‖a_j‖ = 1``: each relevance is replaced by ``<q_j, a_j>``, a lower bound of it where it is
+    non-negative, and Step D aggregates those (LogSumExp and Mean are monotone, so the estimate bounds
+    the score from below when every relevance is non-negative). The gap is largest where the attention
+    spreads over several dissimilar context items. A first stage that already holds the cosines
+    (``index``'s exact MrSw) gets it for a few element-wise passes, no matrix product with ``d``.
+
+    Args:
+        sims: ``Tensor[n_image, R, L]`` raw cosines of each image's regions with the caption's words;
+            padded regions (beyond ``region_lens``) must hold 0.
+        region_lens: ``int[n_image]`` true region counts in ``[1, R]``, or None (all valid).
+        direction / raw_feature_norm / agg_func / lambda_softmax / lambda_lse: as in :func:`xattn_scores`.
+
+    Returns:
+        ``Tensor[n_image]`` estimated scores.
+    """
+    _check_choice("direction", direction, Direction)
+    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    _check_choice("agg_func", agg_func, Agg)
+    if not isinstance(sims, torch.Tensor) or sims.ndim != 3 or not sims.is_floating_point():
+        raise ValueError(f"sims must be a floating-point [n_image, R, L] tensor; got {getattr(sims, 'shape', type(sims))}")
+    n_image, n_region, _ = sims.shape
+    mask = None
+    if region_lens is not None:
+        reg_len = _lengths("region_lens", region_lens, n_image, n_region, sims.device)
+        mask = torch.arange(n_region, device=sims.device)[None, :] < reg_len[:, None]  # [ni, R]
+    if direction == "t2i":  # context = regions (dim 1), query = words (dim 2)
+        alpha = _attention(sims, raw_feature_norm, lambda_softmax, None if mask is None else mask[..., None], None,
+                           cdim=1, qdim=2)
+        return _aggregate((alpha * sims).sum(dim=1), agg_func, lambda_lse, None)
+    # i2t: context = words (dim 2), query = regions (dim 1)
+    alpha = _attention(sims, raw_feature_norm, lambda_softmax, None, None if mask is None else mask[..., None],
+                       cdim=2, qdim=1)
+    return _aggregate((alpha * sims).sum(dim=2), agg_func, lambda_lse, mask)
 
 
 def mean_pool_scores(

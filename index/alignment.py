@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Alignment", "maxsim_candidates", "mrsw_align", "mrsw_align_stacked"]
+__all__ = ["Alignment", "maxsim_candidates", "mrsw_align", "mrsw_align_stacked", "mrsw_from_sims", "word_region_sims"]
 
 
 @dataclass
@@ -72,20 +72,45 @@ def mrsw_align_stacked(
         counts: ``int[N]`` region count of each item (0 allowed).
         pad_regions_to: as for :func:`mrsw_align`.
     """
+    return mrsw_from_sims(word_region_sims(words, stacked, counts), counts, pad_regions_to=pad_regions_to)
+
+
+def word_region_sims(words: np.ndarray, stacked: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """``float32[sum R, L]`` cosines of every stacked region with every query word (one matrix product).
+
+    Args:
+        words: ``float[L, E]`` query word vectors.
+        stacked: ``float[sum R, E]`` region vectors, item after item (float16 accepted).
+        counts: optional ``int[N]`` region counts, checked against ``stacked``.
+    """
     words = np.asarray(words, dtype=np.float32)
     if words.ndim != 2:
         raise ValueError(f"words must be (L, E); got shape {tuple(words.shape)}")
+    if stacked.ndim != 2 or (counts is not None and stacked.shape[0] != int(np.sum(counts))):
+        total = "?" if counts is None else int(np.sum(counts))
+        raise ValueError(f"stacked regions have shape {tuple(stacked.shape)} but the counts sum to {total}")
+    if stacked.shape[0] and stacked.shape[1] != words.shape[1]:
+        raise ValueError(f"region vectors have dimension {stacked.shape[1]} but word vectors {words.shape[1]}")
+    if not stacked.shape[0]:
+        return np.zeros((0, words.shape[0]), np.float32)
+    return np.asarray(stacked, dtype=np.float32) @ words.T
+
+
+def mrsw_from_sims(sims: np.ndarray, counts: np.ndarray, *, pad_regions_to: int | None = None) -> Alignment:
+    """Exact MrSw from the cosines of :func:`word_region_sims` (segment maxima, no per-item Python work).
+
+    Args:
+        sims: ``float32[sum(counts), L]``; counts: ``int[N]`` region count of each item (0 allowed).
+        pad_regions_to: as for :func:`mrsw_align`.
+    """
     counts = np.asarray(counts, dtype=np.int64)
-    if stacked.ndim != 2 or stacked.shape[0] != int(counts.sum()):
-        raise ValueError(f"stacked regions have shape {tuple(stacked.shape)} but the counts sum to {int(counts.sum())}")
-    n, n_words = counts.shape[0], words.shape[0]
+    if sims.ndim != 2 or sims.shape[0] != int(counts.sum()):
+        raise ValueError(f"sims have shape {tuple(sims.shape)} but the counts sum to {int(counts.sum())}")
+    n, n_words = counts.shape[0], sims.shape[1]
     best_sim = np.zeros((n, n_words), dtype=np.float32)
     best_region = np.full((n, n_words), -1, dtype=np.int64)
     nonempty = np.flatnonzero(counts > 0)
     if nonempty.size:
-        if stacked.shape[1] != words.shape[1]:
-            raise ValueError(f"region vectors have dimension {stacked.shape[1]} but word vectors {words.shape[1]}")
-        sims = np.asarray(stacked, dtype=np.float32) @ words.T  # [sum R, L]
         c = counts[nonempty]
         starts = np.concatenate([[0], np.cumsum(c)[:-1]])
         best = np.maximum.reduceat(sims, starts, axis=0)  # [N', L]

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
+from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_from_sims, word_region_sims
 from index.build import IndexHandle, open_index
 from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding
 
@@ -25,6 +25,7 @@ __all__ = [
     "QueryEncoder",
     "RerankOutput",
     "Reranker",
+    "ScoreEstimator",
     "SearchHit",
     "SearchStats",
     "Searcher",
@@ -64,6 +65,20 @@ class Reranker(Protocol):
     """Scores candidates against a query (SCAN stacked cross attention, run by ``encoders``)."""
 
     def rerank(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> RerankOutput: ...
+
+
+@runtime_checkable
+class ScoreEstimator(Protocol):
+    """Optional second face of a :class:`Reranker`: a cheap estimate of its scores for many candidates
+    from the word-region cosines the first stage computes anyway for exact MrSw.
+
+    ``estimate(query, sims, counts)`` gets ``sims float32[sum(counts), L]`` (candidate after candidate,
+    one column per query word) and ``counts int[N]``, and returns ``float[N]``. The search re-ranks
+    candidates in the order of the fused estimate instead of MrSw order (``encoders``' SCAN re-ranker
+    implements it: SCAN with the attended vectors' norm taken as 1).
+    """
+
+    def estimate(self, query: QueryEmbedding, sims: np.ndarray, counts: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -228,21 +243,27 @@ class SearchStats:
 class _Pool:
     """Candidates scored by exact MrSw so far (grows while the first stage deepens)."""
 
-    def __init__(self, n_words: int) -> None:
+    def __init__(self, query: QueryEmbedding, n_words: int) -> None:
+        self.query = query
         self.pos: dict[int, int] = {}
         self.ids = np.zeros(0, np.int64)
         self.first = np.zeros(0, np.float32)
         self.scores = np.zeros(0, np.float32)
         self.best_region = np.zeros((0, n_words), np.int64)
         self.best_sim = np.zeros((0, n_words), np.float32)
+        self.est = np.zeros(0, np.float32)  # the re-ranker's estimate (NaN without an estimator)
 
-    def add(self, ids: np.ndarray, first: np.ndarray, al: Any) -> None:
+    def add(self, ids: np.ndarray, first: np.ndarray, al: Any, est: np.ndarray | None = None) -> None:
         self.pos.update({int(i): len(self.pos) + j for j, i in enumerate(ids)})
         self.ids = np.concatenate([self.ids, ids])
         self.first = np.concatenate([self.first, first.astype(np.float32)])
         self.scores = np.concatenate([self.scores, al.scores])
         self.best_region = np.concatenate([self.best_region, al.best_region])
         self.best_sim = np.concatenate([self.best_sim, al.best_sim])
+        est = np.full(len(ids), np.nan, np.float32) if est is None else np.asarray(est, np.float32)
+        if est.shape != (len(ids),):
+            raise ValueError(f"the re-ranker's estimate has shape {tuple(est.shape)} for {len(ids)} candidates; expected ({len(ids)},)")
+        self.est = np.concatenate([self.est, est])
 
     def raise_first(self, ids: np.ndarray, first: np.ndarray) -> None:
         rows = np.array([self.pos[int(i)] for i in ids], dtype=np.int64)
@@ -291,6 +312,10 @@ class Searcher:
         pad_regions_to: TERAN's zero fill (see :func:`index.alignment.mrsw_align`); 36 follows the
             reference evaluation, ``None`` disables it.
         use_region_matrix: read candidates from the version's region matrix when it has one.
+        use_estimates: when the re-ranker is also a :class:`ScoreEstimator`, estimate its score for
+            every candidate from the MrSw cosines and re-rank in the order of the fused estimate (the
+            union of each round is then scored whole, without MrSw threshold pruning, since a candidate
+            low in MrSw can be high under the re-ranker).
         caption_index_dir / captions: a caption index (:func:`index.build_caption_indexes`) and its
             ``CaptionEmbeddingStore``, for :meth:`search_captions`.
         version: the index version to open (default: current); ngpu: GPUs to search on.
@@ -313,6 +338,7 @@ class Searcher:
         fusion_weight: float = 0.5,
         pad_regions_to: int | None = 36,
         use_region_matrix: bool = True,
+        use_estimates: bool = True,
         caption_index_dir: str | Path | None = None,
         captions: Any = None,
         version: int | None = None,
@@ -348,6 +374,9 @@ class Searcher:
         self.fusion_weight = fusion_weight
         self.pad_regions_to = pad_regions_to
         self.regions = self.handle.regions if use_region_matrix else None
+        self.estimator: ScoreEstimator | None = (
+            reranker if use_estimates and fusion != "mrsw" and isinstance(reranker, ScoreEstimator) else None
+        )
         self.last_stats = SearchStats()
         self.caption_handle: IndexHandle | None = None
         self.captions = None
@@ -416,12 +445,16 @@ class Searcher:
             return
         if self.regions is not None:
             stacked, counts = self.regions.gather(new)
-            al = mrsw_align_stacked(words, stacked, counts, pad_regions_to=self.pad_regions_to)
         else:
             recs = self.embeddings.get([self.handle.idmap.image_id(int(i)) for i in new])
             cache.update(zip(new.tolist(), recs, strict=True))
-            al = mrsw_align(words, [r.region_embeddings for r in recs], pad_regions_to=self.pad_regions_to)
-        pool.add(new, first_new, al)
+            counts = np.array([r.num_regions for r in recs], dtype=np.int64)
+            stacked = (np.concatenate([np.asarray(r.region_embeddings) for r in recs if r.num_regions])
+                       if counts.any() else np.zeros((0, words.shape[1]), np.float32))
+        sims = word_region_sims(words, stacked, counts)
+        al = mrsw_from_sims(sims, counts, pad_regions_to=self.pad_regions_to)
+        est = None if self.estimator is None else self.estimator.estimate(pool.query, sims, counts)
+        pool.add(new, first_new, al, est)
 
     def _records(self, ids: np.ndarray, cache: dict[int, ImageEmbeddingRecord]) -> list[ImageEmbeddingRecord]:
         if self.regions is not None:
@@ -437,7 +470,9 @@ class Searcher:
             return
         while True:
             if state.get("round_ids") is not None:  # score what the last round offers down to the threshold
-                pruned = self._score_new(pool, state["round_ids"], state["round_bounds"], words, cache, depth)
+                # with estimates the whole union is scored: a candidate low in MrSw may be high under the re-ranker
+                prune = None if self.estimator is not None else depth
+                pruned = self._score_new(pool, state["round_ids"], state["round_bounds"], words, cache, prune)
                 state["outside"] = max(state["round_outside"], pruned)
             if state["outside"] <= pool.kth_score(depth):
                 state["certified"] = True
@@ -467,7 +502,7 @@ class Searcher:
         if k <= 0:
             raise ValueError(f"k must be positive; got {k}")
         words = np.asarray(query.word_embeddings, np.float32)
-        pool, cache = _Pool(words.shape[0]), {}
+        pool, cache = _Pool(query, words.shape[0]), {}
         state: dict[str, Any] = {"region_k": 0, "outside": float("inf"), "retrieved": -1, "exhausted": False,
                                  "certified": False}
         g_ids, g_scores = self._global_candidates(query)
@@ -485,35 +520,15 @@ class Searcher:
             final = fuse_scores(pool.scores[top], None, n_words, fusion="mrsw", weight=0.0)
             scan, weights, records = None, None, self._records(pool.ids[top], cache)
         else:
-            records, scan_parts, weights_parts = [], [], []
-            done = 0
-            while True:
-                chunk = order[done:depth]
-                recs = self._records(pool.ids[chunk], cache)
-                out = self.reranker.rerank(query, recs)
-                scan_parts.append(_check_rerank(out, len(recs), n_words, recs))
-                weights_parts.append(out.word_region_weights)
-                records.extend(recs)
-                done += len(chunk)
-                if depth >= self.max_rerank_k or done >= len(order):
-                    break
-                scan_done = np.concatenate(scan_parts)
-                fused = fuse_scores(pool.scores[order[:done]], scan_done, n_words, fusion=self.fusion, weight=self.fusion_weight)
-                kth = np.sort(fused)[-k] if done >= k else -np.inf
-                reach = fuse_scores(pool.scores[order[done : done + 1]], scan_done.max(keepdims=True), n_words,
-                                    fusion=self.fusion, weight=self.fusion_weight)[0]
-                if reach < kth:  # the next candidate cannot enter the top k unless it beats every score seen
-                    break
-                depth = min(depth + self.rerank_k, self.max_rerank_k)
-                self._certify(pool, words, depth, state, cache)
-                order = np.argsort(-pool.scores, kind="stable")  # the pool may have grown
-            top = order[:done]
-            scan_top = np.concatenate(scan_parts)
-            final = fuse_scores(pool.scores[top], scan_top, n_words, fusion=self.fusion, weight=self.fusion_weight)
+            rows, scan_top, weights_parts = self._rerank_pool(query, pool, words, depth, k, state, cache)
+            done = len(rows)
+            records = self._records(pool.ids[rows], cache)
+            final = fuse_scores(pool.scores[rows], scan_top, n_words, fusion=self.fusion, weight=self.fusion_weight)
             weights = None if any(w is None for w in weights_parts) else [w for part in weights_parts for w in part]
-            scan = scan_top
+            scan, top = scan_top, rows
             if done < k:  # fewer re-ranked than asked for: the rest follow in MrSw order (ALBEF's -100)
-                rest = order[done:k]
+                order = np.argsort(-pool.scores, kind="stable")
+                rest = order[~np.isin(order, rows)][: k - done]
                 records.extend(self._records(pool.ids[rest], cache))
                 final = np.concatenate([final, np.min(final) - 1.0 - np.arange(len(rest), dtype=np.float32)])
                 scan = np.concatenate([scan_top, np.full(len(rest), np.nan, np.float32)])
@@ -528,6 +543,62 @@ class Searcher:
             if "scan" in h.stage_scores and np.isnan(h.stage_scores["scan"]):
                 del h.stage_scores["scan"]
         return hits
+
+    def _rerank_key(self, pool: _Pool, n_words: int) -> np.ndarray:
+        """The order candidates are re-ranked in: the fused estimate when there is one, else MrSw."""
+        if self.estimator is None:
+            return pool.scores
+        return fuse_scores(pool.scores, pool.est, n_words, fusion=self.fusion, weight=self.fusion_weight)
+
+    def _rerank_pool(
+        self, query: QueryEmbedding, pool: _Pool, words: np.ndarray, depth: int, k: int, state: dict[str, Any],
+        cache: dict[int, ImageEmbeddingRecord],
+    ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        """Re-rank the pool ``rerank_k`` at a time (best :meth:`_rerank_key` first) while an unseen
+        candidate could still enter the top ``k``.
+
+        An unseen candidate's re-ranker score is taken to be at most its estimate plus the largest
+        amount by which a seen score exceeded its estimate (with an estimator), or at most the best
+        score seen (without): a heuristic stop, since no bound on the re-ranker is known.
+
+        Returns ``(pool rows re-ranked, their re-ranker scores, the re-ranker's weight lists)``.
+        """
+        assert self.reranker is not None
+        n_words = words.shape[0]
+        rows = np.zeros(0, np.int64)
+        scan_parts: list[np.ndarray] = []
+        weights_parts: list[Any] = []
+        while True:
+            key = self._rerank_key(pool, n_words)
+            seen = np.zeros(len(pool.ids), dtype=bool)
+            seen[rows] = True
+            remaining = np.flatnonzero(~seen)
+            chunk = remaining[np.argsort(-key[remaining], kind="stable")][: max(depth - len(rows), 0)]
+            if chunk.size:
+                recs = self._records(pool.ids[chunk], cache)
+                out = self.reranker.rerank(query, recs)
+                scan_parts.append(_check_rerank(out, len(recs), n_words, recs))
+                weights_parts.append(out.word_region_weights)
+                rows = np.concatenate([rows, chunk])
+            seen[chunk] = True
+            rest = np.flatnonzero(~seen)
+            if depth >= self.max_rerank_k or not rest.size:
+                break
+            scan_done = np.concatenate(scan_parts)
+            fused = fuse_scores(pool.scores[rows], scan_done, n_words, fusion=self.fusion, weight=self.fusion_weight)
+            kth = np.sort(fused)[-k] if len(rows) >= k else -np.inf
+            if self.estimator is not None:
+                gap = max(0.0, float(np.max(scan_done - pool.est[rows])))
+                optimistic = pool.est[rest] + gap
+            else:
+                optimistic = np.full(rest.size, scan_done.max(), np.float32)
+            reach = fuse_scores(pool.scores[rest], optimistic, n_words, fusion=self.fusion, weight=self.fusion_weight)
+            if float(reach.max()) < kth:  # no unseen candidate can enter the top k (under the heuristic)
+                break
+            depth = min(depth + self.rerank_k, self.max_rerank_k)
+            self._certify(pool, words, depth, state, cache)  # the pool may grow; rows keep their positions
+        scan = np.concatenate(scan_parts) if scan_parts else np.zeros(0, np.float32)
+        return rows, scan, weights_parts
 
     def search_captions(self, image_id: str, k: int = 10, *, word_k: int = 64, n_candidates: int = 256) -> list[CaptionHit]:
         """Image-to-text search: captions for a stored image, by MaxSim over caption word vectors then

@@ -111,3 +111,32 @@ def test_grounded_query_encoder_delegates():
             return QueryEmbedding(text=text, tokens=["cat"], word_embeddings=np.ones((1, 3), np.float32))
 
     assert GroundedQueryEncoder(Fake()).encode_query("cat").tokens == ["cat"]
+
+
+def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
+    rng = np.random.default_rng(3)
+    words = rng.standard_normal((3, 8)).astype(np.float32)
+    words /= np.linalg.norm(words, axis=1, keepdims=True)
+    query = QueryEmbedding(text="a b c", tokens=["a", "b", "c"], word_embeddings=words, global_embedding=None)
+    cands = []
+    for i, r in enumerate([5, 1, 0, 7, 3]):
+        regions = rng.standard_normal((r, 8)).astype(np.float32) + (words[0] if i % 2 else 0)
+        regions /= np.maximum(np.linalg.norm(regions, axis=1, keepdims=True), 1e-8)
+        cands.append(ImageEmbeddingRecord(image_id=f"i{i}", uri="", boxes=np.zeros((r, 4), np.float32),
+                                          region_embeddings=regions.reshape(r, 8)))
+    counts = np.array([c.num_regions for c in cands])
+    stacked = np.concatenate([c.region_embeddings for c in cands if c.num_regions])
+    sims = stacked @ words.T
+    from encoders.scan import xattn_score_estimates
+    for direction in ("t2i", "i2t"):
+        rr = ScanReranker(direction=direction, agg_func="Mean")
+        est = rr.estimate(query, sims, counts)
+        assert est.shape == (5,) and est.dtype == np.float32
+        for i, c in enumerate(cands):
+            one = torch.from_numpy(c.region_embeddings @ words.T if c.num_regions else np.zeros((1, 3), np.float32))
+            ref = xattn_score_estimates(one[None], [max(c.num_regions, 1)], direction=direction, agg_func="Mean")
+            assert est[i] == pytest.approx(float(ref[0]), abs=1e-6)
+    with pytest.raises(ValueError, match="3 query words"):
+        ScanReranker().estimate(query, sims[:, :2], counts)
+    with pytest.raises(ValueError, match="sum\\(counts\\)=16"):
+        ScanReranker().estimate(query, sims[:-1], counts)

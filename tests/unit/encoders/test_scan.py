@@ -16,6 +16,7 @@ from encoders.scan import (
     l2norm,
     mean_pool_scores,
     xattn_i2t_attention,
+    xattn_score_estimates,
     xattn_scores,
     xattn_t2i_attention,
 )
@@ -136,6 +137,47 @@ def test_region_masks_equal_sliced_reference(direction: str, agg: str) -> None:
     for i in range(4):  # the reference has no region masks: slice each image to its true regions
         ref_i = _ref_scores(images[i : i + 1, : int(region_lens[i])], captions, cap_lens, direction, "clipped_l2norm", agg, 9.0, 6.0)
         torch.testing.assert_close(got[i : i + 1], ref_i, rtol=1e-9, atol=1e-10)
+
+
+def _ref_estimates(images, words, direction, norm, agg, lam_sm, lam_lse):
+    """The reference loop with the relevance's denominator ‖a_j‖ dropped (words/regions are unit)."""
+    cap = words[None].repeat(images.size(0), 1, 1)
+    if direction == "t2i":
+        row = (cap * _ref_func_attention(cap, images, norm, lam_sm)).sum(2)
+    else:
+        row = (images * _ref_func_attention(images, cap, norm, lam_sm)).sum(2)
+    return _ref_agg(row, agg, lam_lse)[:, 0]
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("agg", AGGS)
+def test_score_estimates_equal_reference_without_attended_norm(direction: str, norm: str, agg: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    images, words = _unit(gen, 4, 7, 16), _unit(gen, 5, 16)
+    region_lens = torch.tensor([7, 3, 5, 1])
+    sims = images @ words.t()  # [ni, R, L]
+    sims = sims * (torch.arange(7)[None, :] < region_lens[:, None])[..., None]  # padding holds 0
+    got = xattn_score_estimates(sims, region_lens, direction=direction, raw_feature_norm=norm, agg_func=agg,
+                                lambda_softmax=9.0, lambda_lse=6.0)
+    for i in range(4):
+        ref = _ref_estimates(images[i : i + 1, : int(region_lens[i])], words, direction, norm, agg, 9.0, 6.0)
+        torch.testing.assert_close(got[i : i + 1], ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("agg", AGGS)
+def test_score_estimates_bound_scores_from_below_when_cosines_are_non_negative(direction: str, agg: str) -> None:
+    gen = torch.Generator().manual_seed(8)
+    images = l2norm(torch.rand(6, 9, 12, generator=gen, dtype=torch.float64))  # positive orthant: cosines >= 0
+    words = l2norm(torch.rand(4, 12, generator=gen, dtype=torch.float64))
+    scores = xattn_scores(images, words[None], [4], direction=direction, agg_func=agg)[:, 0]
+    est = xattn_score_estimates(images @ words.t(), direction=direction, agg_func=agg)
+    assert bool((est <= scores + 1e-12).all()) and bool((est < scores).any())
+    with pytest.raises(ValueError, match="sims must be"):
+        xattn_score_estimates(images[0] @ words.t())
+    with pytest.raises(ValueError, match="direction"):
+        xattn_score_estimates(images @ words.t(), direction="both")  # type: ignore[arg-type]
 
 
 def test_gradients_match_reference() -> None:

@@ -101,6 +101,28 @@ class NumpyScanReranker:
         return RerankOutput(scores=np.array([s for s, _ in out], np.float32), word_region_weights=[w for _, w in out])
 
 
+class EstimatingScanReranker(NumpyScanReranker):
+    """NumpyScanReranker that is also a ScoreEstimator: SCAN t2i (mean) with the attended vectors'
+    norm taken as 1, from the word-region cosines alone (what encoders' ScanReranker.estimate does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.estimated = 0
+
+    def estimate(self, query: QueryEmbedding, sims: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        self.estimated += len(counts)
+        out, start = np.zeros(len(counts), np.float32), 0
+        for i, c in enumerate(np.asarray(counts).tolist()):
+            s = sims[start : start + c]  # [R, L]
+            start += c
+            u = np.where(s > 0, s, 0.1 * s)
+            logits = 9.0 * u / (np.sqrt((u**2).sum(axis=1, keepdims=True)) + 1e-8)
+            alpha = np.exp(logits - logits.max(axis=0, keepdims=True))
+            alpha /= alpha.sum(axis=0, keepdims=True)
+            out[i] = float((alpha * s).sum(axis=0).mean()) if c else 0.0
+        return out
+
+
 def write_images(root: Path, records: list[ImageEmbeddingRecord]) -> ImageEmbeddingStore:
     store = ImageEmbeddingStore(root)
     with store.writer(encoder="synthetic", encoder_hash="0", embed_dim=records[0].embed_dim) as w:
