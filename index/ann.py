@@ -187,6 +187,32 @@ class AnnIndex:
             scores, ids = self._search_index.search(xq, k)
         return scores, ids
 
+    @property
+    def deterministic_update(self) -> bool:
+        """Whether adding or removing vectors leaves every other vector's chance of being found unchanged:
+        an IVF search returns the top-k of the vectors in the lists it probes, and which lists it probes
+        depends only on the trained quantiser. Then a query's results after an add are the merge of its
+        old results with :meth:`search_among` the new ids (HNSW's graph changes with every add)."""
+        return self.spec.family == "ivf"
+
+    def search_among(self, xq: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN restricted to ``ids``, with the current search parameter and the same scores as
+        :meth:`search` (IVF only; on the CPU index, through a faiss ``IDSelector``: the lists probed are
+        the same, only members are scored).
+
+        Raises:
+            ValueError: the index is not IVF.
+        """
+        faiss = import_faiss()
+        if self.spec.family != "ivf":
+            raise ValueError(f"search_among needs an IVF index; {self.spec} is {self.spec.family}")
+        xq = self._check(xq, "queries")
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(self.search_value or 1))
+        if self.spec.opq_m:  # the rotation wraps the IVF: its parameters go one level down
+            params = faiss.SearchParametersPreTransform(index_params=params)
+        return self._cpu.search(xq, k, params=params)
+
     def reconstruct_ids(self) -> np.ndarray:
         """All stored ids (``int64[ntotal]``), tombstones excluded; for Flat/HNSW (``IndexIDMap2``) only."""
         faiss = import_faiss()

@@ -5,8 +5,9 @@ Public entry points (paths in, manifests out; flows call these):
 * :func:`build_indexes` — a global index (one vector per image) and a region multi-vector index (every
   region, id -> (image, slot)) from an ``ImageEmbeddingStore``; :func:`build_caption_indexes` does the
   same for a ``CaptionEmbeddingStore`` (caption global vectors and word vectors).
-* :func:`add_images` / :func:`remove_images` — incremental updates without retraining, each published as
-  a new version; a rebuild happens when it is due (growth, recall drift, too many tombstones).
+* :func:`add_images` / :func:`remove_images` (and :func:`add_captions` / :func:`remove_captions` for a
+  caption index) — incremental updates without retraining, each published as a new version; a rebuild
+  happens when it is due (growth, recall drift, too many tombstones).
 * :func:`open_index` — a read-only :class:`IndexHandle`, memory-mapped; :func:`versions`, :func:`rollback`.
 """
 
@@ -28,16 +29,18 @@ from index.idmap import IdMap
 from index.manifest import IndexInfo, Manifest
 from index.regions import RegionMatrix, RegionSegment, copy_segments, write_segment
 from index.spec import IndexSpec, choose_spec, parse_memory
-from index.tuning import RecallProbe, tune_search_param
+from index.tuning import RecallProbe, tune_queries_needed, tune_search_param
 from index.version import VersionedDir
 
 __all__ = [
     "IndexHandle",
+    "add_captions",
     "add_images",
     "build_caption_indexes",
     "build_indexes",
     "build_vector_index",
     "open_index",
+    "remove_captions",
     "remove_images",
     "rollback",
     "versions",
@@ -163,7 +166,8 @@ def build_vector_index(
         target_recall: recall@k against exact search that the search parameter is tuned to reach.
         k: recall depth.
         seed: seeds the training and query samples and k-means.
-        n_tune_queries: held-out queries (database vectors not in the training sample, leave-one-out).
+        n_tune_queries: held-out queries (database vectors not in the training sample, leave-one-out);
+            raised for targets close to 1 so the sample can certify them (``tuning.tune_queries_needed``).
         ngpu: GPUs to train/add/search on (-1 all, 0 CPU); ignored without a GPU faiss build.
         kind: label stored in the returned :class:`IndexInfo`.
         tuning_queries: ``float[Q, D]`` queries to tune on instead of held-out database vectors, e.g.
@@ -200,6 +204,8 @@ def build_vector_index(
     ann.add(xb, ids)
     build_s = time.perf_counter() - t0
     # held-out queries: rows outside the training sample when there are enough of them
+    if spec.search_param is not None:
+        n_tune_queries = tune_queries_needed(target_recall, k, n_tune_queries)
     pool = perm[n_train:] if n - n_train >= min(n_tune_queries, n) else perm
     query_rows = np.sort(pool[: min(n_tune_queries, n - 1 if n > 1 else 1)])
     t1 = time.perf_counter()
@@ -207,8 +213,12 @@ def build_vector_index(
         probe = RecallProbe.create(xb, ids, query_rows, k=k)
     else:
         probe = RecallProbe.from_queries(xb, ids, tuning_queries, k=k)
-    tuned = tune_search_param(ann, probe.queries, probe.self_ids, probe.gt_ids[:, :k], k=k, target_recall=target_recall)
+    tuned = tune_search_param(ann, probe, target_recall=target_recall)
     tune_s = time.perf_counter() - t1
+    if tuned.target_met and not tuned.certified:
+        logger.info("%s index %s: recall@%d %.4f at %s=%s reaches %.4f on %d queries, but its lower bound %.4f does not",
+                    kind, spec, k, tuned.recall, tuned.param, tuned.value, target_recall, len(probe.queries),
+                    tuned.recall_lower)
     if not tuned.target_met:
         logger.warning(
             "%s index %s reaches recall@%d %.3f at %s=%s, below the target %.3f; a larger budget or spec would help",
@@ -221,6 +231,7 @@ def build_vector_index(
         memory_bytes=ann.memory_bytes(), estimated_memory_bytes=spec.estimate_memory(n, d), memory_budget=budget,
         build_s=round(build_s, 4), tune_s=round(tune_s, 4), tried={str(v): r for v, r in tuned.tried.items()},
         chosen_by=chosen_by, tuned_on="data" if tuning_queries is None else f"{len(probe.queries)} given queries",
+        tune_queries=len(probe.queries), recall_lower=tuned.recall_lower, certified=tuned.certified,
     )
     return ann, info, probe
 
@@ -377,6 +388,10 @@ def build_caption_indexes(
     k: int = 10,
     seed: int = 0,
     specs: dict[str, str] | None = None,
+    caption_ids: Sequence[str] | None = None,
+    growth_factor: float = 2.0,
+    drift_tolerance: float = 0.02,
+    max_tombstone_fraction: float = 0.2,
     n_tune_queries: int = DEFAULT_TUNE_QUERIES,
     ngpu: int = 0,
     keep_versions: int = 3,
@@ -385,13 +400,17 @@ def build_caption_indexes(
     """Build caption indexes (global vectors and/or word vectors) for image-to-text search.
 
     Same arguments as :func:`build_indexes`; ``captions`` is a ``storage.CaptionEmbeddingStore`` or its
-    path, and the multi-vector kind is ``"word"`` (word id = (caption int id, token slot)).
+    path, the multi-vector kind is ``"word"`` (word id = (caption int id, token slot)), and
+    ``caption_ids`` (default: every caption in the store) plays the part of ``image_ids``. Update the
+    result with :func:`add_captions` / :func:`remove_captions`.
     """
-    params = _build_params(kind, memory_budget, target_recall, k, seed, specs, 2.0, 0.02, 0.2, n_tune_queries, keep_versions)
+    params = _build_params(kind, memory_budget, target_recall, k, seed, specs, growth_factor, drift_tolerance,
+                           max_tombstone_fraction, n_tune_queries, keep_versions)
     vd = VersionedDir(out_dir, keep=keep_versions)
     source = _open_source(captions, "captions")
     with vd.lock(lock_timeout):
-        return _stage_full_build(vd, source, "captions", params, None, history=["build"], parent=vd.current(), ngpu=ngpu)
+        return _stage_full_build(vd, source, "captions", params, caption_ids, history=["build"], parent=vd.current(),
+                                 ngpu=ngpu)
 
 
 def _load_for_update(vd: VersionedDir) -> tuple[Manifest, dict[str, AnnIndex], dict[str, RecallProbe], IdMap]:
@@ -425,12 +444,12 @@ def _rebuild_reason(manifest: Manifest, anns: dict[str, AnnIndex]) -> str | None
 def _finish_update(
     vd: VersionedDir, source: EmbeddingSource | None, manifest: Manifest, anns: dict[str, AnnIndex],
     probes: dict[str, RecallProbe], idmap: IdMap, event: str, *, auto_rebuild: bool, ngpu: int,
-    new_segment: RegionSegment | None = None,
+    changed: dict[str, dict[str, np.ndarray]], new_segment: RegionSegment | None = None,
 ) -> Manifest:
     for kind, info in manifest.indexes.items():
         info.n_vectors = anns[kind].n_alive
         info.tombstones = len(anns[kind].tombstones)
-        info.current_recall = probes[kind].measure(anns[kind]) if info.search_param else 1.0
+        info.current_recall = probes[kind].refresh(anns[kind], **changed.get(kind, {})) if info.search_param else 1.0
     reason = _rebuild_reason(manifest, anns)
     history = [*manifest.history, event]
     parent = manifest.version
@@ -448,6 +467,75 @@ def _finish_update(
     return manifest
 
 
+_ADDER = {"images": "index.add_images / index.remove_images", "captions": "index.add_captions / index.remove_captions"}
+
+
+def _load_corpus(vd: VersionedDir, corpus: Corpus) -> tuple[Manifest, dict[str, AnnIndex], dict[str, RecallProbe], IdMap]:
+    """:func:`_load_for_update`, refusing an index of the other corpus."""
+    loaded = _load_for_update(vd)
+    if loaded[0].corpus != corpus:
+        raise ValueError(
+            f"{vd.root} is an index of {loaded[0].corpus}, not of {corpus}; update it with {_ADDER[loaded[0].corpus]}"
+        )
+    return loaded
+
+
+def _add_items(
+    out_dir: str | Path, embeddings: Any, item_ids: Sequence[str], corpus: Corpus, *, auto_rebuild: bool, ngpu: int,
+    lock_timeout: float,
+) -> Manifest:
+    """:func:`add_images` / :func:`add_captions` for ``corpus``."""
+    vd = VersionedDir(out_dir)
+    source = _open_source(embeddings, corpus)
+    with vd.lock(lock_timeout):
+        manifest, anns, probes, idmap = _load_corpus(vd, corpus)
+        new = [s for s in dict.fromkeys(item_ids) if s not in idmap]
+        if not new:  # nothing to add: keep the current version rather than publish an identical one
+            return manifest
+        vecs = _gather(source, corpus, new)
+        multi_kind = _MULTI_KIND[corpus]
+        counts = vecs.n_multi if multi_kind in anns else [0] * len(vecs.item_ids)
+        int_ids = idmap.assign(vecs.item_ids, counts)
+        changed: dict[str, dict[str, np.ndarray]] = {}
+        for kind, ann in anns.items():
+            if kind == "global":
+                x, ids = vecs.global_matrix(), int_ids
+            else:
+                x, ids = vecs.multi_matrix(), idmap.region_ids(int_ids)
+            ann.add(x, ids)
+            probes[kind].add(np.asarray(x, dtype=np.float32), ids)
+            changed[kind] = {"added": ids}
+        skipped = len(item_ids) - len(new)
+        event = f"add {len(vecs.item_ids)}" + (f" ({skipped} already indexed)" if skipped else "")
+        return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu,
+                              changed=changed, new_segment=vecs.region_segment(int_ids) if corpus == "images" else None)
+
+
+def _remove_items(
+    out_dir: str | Path, item_ids: Sequence[str], corpus: Corpus, *, embeddings: Any, auto_rebuild: bool, ngpu: int,
+    lock_timeout: float,
+) -> Manifest:
+    """:func:`remove_images` / :func:`remove_captions` for ``corpus``."""
+    vd = VersionedDir(out_dir)
+    source = _open_source(embeddings, corpus) if embeddings is not None else None
+    with vd.lock(lock_timeout):
+        manifest, anns, probes, idmap = _load_corpus(vd, corpus)
+        unique = list(dict.fromkeys(item_ids))
+        present = [s for s in unique if s in idmap]
+        if len(present) < len(unique):
+            logger.info("remove %s: %d of %d ids are not indexed; skipped", corpus, len(unique) - len(present), len(unique))
+        int_ids = idmap.lookup(present)
+        changed: dict[str, dict[str, np.ndarray]] = {}
+        for kind, ann in anns.items():
+            ids = int_ids if kind == "global" else idmap.region_ids(int_ids)
+            ann.remove(ids)
+            probes[kind].remove(ids)
+            changed[kind] = {"removed": ids}
+        idmap.kill(int_ids)
+        return _finish_update(vd, source, manifest, anns, probes, idmap, f"remove {len(present)}",
+                              auto_rebuild=auto_rebuild, ngpu=ngpu, changed=changed)
+
+
 def add_images(
     out_dir: str | Path,
     embeddings: Any,
@@ -457,14 +545,15 @@ def add_images(
     ngpu: int = 0,
     lock_timeout: float = 60.0,
 ) -> Manifest:
-    """Add images to the current version without retraining, and publish the result as a new version.
+    """Add images to the current version of an image index without retraining; publish a new version.
 
     Ids already indexed are skipped (idempotent); when none is new, nothing is published and the
-    current manifest is returned. Each index's probe ground truth is updated exactly and
-    its recall re-measured; when a rebuild is due (growth beyond ``growth_factor``, recall drift, too
-    many tombstones) and ``auto_rebuild`` is on, every alive image is re-indexed from ``embeddings``
-    with the original build parameters instead (the manifest's history says why); with it off, the
-    manifest's ``rebuild_due`` says why.
+    current manifest is returned. Each index's probe ground truth is updated exactly and its recall
+    re-measured (for IVF from the change alone, ``RecallProbe.refresh``); when a rebuild is due (growth
+    beyond ``growth_factor``, recall drift, too many tombstones) and ``auto_rebuild`` is on, every alive
+    image is re-indexed from ``embeddings`` with the original build parameters instead (the manifest's
+    history says why); with it off, the manifest's ``rebuild_due`` says why. The new version is
+    published atomically; the previous one stays for :func:`rollback`.
 
     Args:
         out_dir: an index directory made by :func:`build_indexes`.
@@ -474,30 +563,38 @@ def add_images(
     Raises:
         FileNotFoundError: nothing is published in ``out_dir``.
         KeyError: an image id is not in ``embeddings``.
-        ValueError: a record lacks a vector an index needs, or has the wrong dimension.
+        ValueError: ``out_dir`` is a caption index, or a record lacks a vector an index needs, or has
+            the wrong dimension.
     """
-    vd = VersionedDir(out_dir)
-    source = _open_source(embeddings, "images")
-    with vd.lock(lock_timeout):
-        manifest, anns, probes, idmap = _load_for_update(vd)
-        new = [s for s in dict.fromkeys(image_ids) if s not in idmap]
-        if not new:  # nothing to add: keep the current version rather than publish an identical one
-            return manifest
-        vecs = _gather(source, "images", new)
-        multi_kind = _MULTI_KIND[manifest.corpus]
-        counts = vecs.n_multi if multi_kind in anns else [0] * len(vecs.item_ids)
-        int_ids = idmap.assign(vecs.item_ids, counts)
-        if vecs.item_ids:
-            for kind, ann in anns.items():
-                if kind == "global":
-                    x, ids = vecs.global_matrix(), int_ids
-                else:
-                    x, ids = vecs.multi_matrix(), idmap.region_ids(int_ids)
-                ann.add(x, ids)
-                probes[kind].add(np.asarray(x, dtype=np.float32), ids)
-        event = f"add {len(vecs.item_ids)}" + (f" ({len(image_ids) - len(new)} already indexed)" if len(new) < len(image_ids) else "")
-        return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu,
-                              new_segment=vecs.region_segment(int_ids))
+    return _add_items(out_dir, embeddings, image_ids, "images", auto_rebuild=auto_rebuild, ngpu=ngpu,
+                      lock_timeout=lock_timeout)
+
+
+def add_captions(
+    out_dir: str | Path,
+    captions: Any,
+    caption_ids: Sequence[str],
+    *,
+    auto_rebuild: bool = True,
+    ngpu: int = 0,
+    lock_timeout: float = 60.0,
+) -> Manifest:
+    """Add captions to the current version of a caption index (:func:`build_caption_indexes`) without
+    retraining; publish a new version. Same guarantees as :func:`add_images` (idempotent, exact probe
+    update, rebuild when due, atomic publication, rollback).
+
+    Args:
+        out_dir: a caption index directory.
+        captions: the ``CaptionEmbeddingStore`` (or path) holding the new captions.
+        caption_ids: captions to add.
+
+    Raises:
+        FileNotFoundError: nothing is published in ``out_dir``.
+        KeyError: a caption id is not in ``captions``.
+        ValueError: ``out_dir`` is an image index, or a record lacks a vector an index needs.
+    """
+    return _add_items(out_dir, captions, caption_ids, "captions", auto_rebuild=auto_rebuild, ngpu=ngpu,
+                      lock_timeout=lock_timeout)
 
 
 def remove_images(
@@ -509,27 +606,36 @@ def remove_images(
     ngpu: int = 0,
     lock_timeout: float = 60.0,
 ) -> Manifest:
-    """Remove images from every index and publish a new version.
+    """Remove images from every index of an image index and publish a new version.
 
     Ids that are not indexed are skipped (logged). IVF and Flat remove natively; HNSW keeps tombstones
     that searches exclude. A rebuild that falls due happens only when ``embeddings`` is given (the
     vectors must be re-read); otherwise the manifest's ``rebuild_due`` says why one is due.
+
+    Raises:
+        ValueError: ``out_dir`` is a caption index.
     """
-    vd = VersionedDir(out_dir)
-    source = _open_source(embeddings, "images") if embeddings is not None else None
-    with vd.lock(lock_timeout):
-        manifest, anns, probes, idmap = _load_for_update(vd)
-        present = [s for s in dict.fromkeys(image_ids) if s in idmap]
-        if len(present) < len(set(image_ids)):
-            logger.info("remove_images: %d of %d ids are not indexed; skipped", len(set(image_ids)) - len(present), len(set(image_ids)))
-        int_ids = idmap.lookup(present)
-        for kind, ann in anns.items():
-            ids = int_ids if kind == "global" else idmap.region_ids(int_ids)
-            ann.remove(ids)
-            probes[kind].remove(ids)
-        idmap.kill(int_ids)
-        return _finish_update(vd, source, manifest, anns, probes, idmap, f"remove {len(present)}",
-                              auto_rebuild=auto_rebuild, ngpu=ngpu)
+    return _remove_items(out_dir, image_ids, "images", embeddings=embeddings, auto_rebuild=auto_rebuild, ngpu=ngpu,
+                         lock_timeout=lock_timeout)
+
+
+def remove_captions(
+    out_dir: str | Path,
+    caption_ids: Sequence[str],
+    *,
+    captions: Any = None,
+    auto_rebuild: bool = True,
+    ngpu: int = 0,
+    lock_timeout: float = 60.0,
+) -> Manifest:
+    """Remove captions from a caption index and publish a new version; as :func:`remove_images`
+    (``captions``, the ``CaptionEmbeddingStore``, lets a rebuild that falls due happen).
+
+    Raises:
+        ValueError: ``out_dir`` is an image index.
+    """
+    return _remove_items(out_dir, caption_ids, "captions", embeddings=captions, auto_rebuild=auto_rebuild, ngpu=ngpu,
+                         lock_timeout=lock_timeout)
 
 
 class IndexHandle:

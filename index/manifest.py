@@ -36,6 +36,9 @@ class IndexInfo:
         tried: recall measured per probed parameter value during tuning.
         chosen_by: ``"auto"`` or ``"user"``.
         tuned_on: ``"data"`` (held-out database vectors, leave-one-out) or ``"<n> given queries"``.
+        tune_queries: probe queries tuned on (more for targets close to 1, ``index.tuning.tune_queries_needed``).
+        recall_lower: the 95 % lower confidence bound of ``measured_recall`` (``index.tuning.recall_lower_bound``).
+        certified: whether ``recall_lower >= target_recall`` (else the point estimate decided).
     """
 
     kind: str
@@ -61,6 +64,9 @@ class IndexInfo:
     tried: dict[str, float] = field(default_factory=dict)
     chosen_by: str = "auto"
     tuned_on: str = "data"
+    tune_queries: int = 0
+    recall_lower: float = float("nan")
+    certified: bool = False
 
 
 @dataclass

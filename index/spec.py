@@ -180,11 +180,18 @@ class IndexSpec:
     def search_param_grid(self) -> list[int]:
         """Increasing candidate values of :attr:`search_param` (recall is monotone along it)."""
         if self.family == "ivf":
-            grid = [1 << i for i in range(0, 20) if (1 << i) < self.nlist] + [self.nlist]
-            return grid
+            # powers of two and the midpoints 3 * 2^i (steps of x1.5 / x1.33), ending at every list
+            steps = sorted({1, 2} | {m << i for i in range(20) for m in (2, 3)})
+            return [v for v in steps if v < self.nlist] + [self.nlist]
         if self.family == "hnsw":
             return [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048]
         return []
+
+    def is_exact_at(self, value: int | None) -> bool:
+        """Whether searching with ``value`` is exhaustive and exact: Flat, or IVF,Flat probing every list."""
+        if self.family == "flat":
+            return True
+        return self.family == "ivf" and self.encoding == "flat" and value is not None and value >= self.nlist
 
     def train_size(self, n: int) -> int:
         """How many vectors to train on: ~64 per IVF list, at least 2**14 for 8-bit PQ codebooks, capped at n."""

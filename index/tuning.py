@@ -4,20 +4,37 @@ stay exact under incremental adds and removals (used to detect recall drift).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from index.ann import AnnIndex
 
-__all__ = ["RecallProbe", "TuneResult", "exact_knn", "recall_at_k", "tune_search_param"]
+__all__ = [
+    "RecallProbe",
+    "TuneResult",
+    "count_hits",
+    "exact_knn",
+    "recall_at_k",
+    "recall_lower_bound",
+    "tune_queries_needed",
+    "tune_search_param",
+]
+
+CONFIDENCE_Z = 1.645  # one-sided 95 %
+CERTIFY_MISSES = 12  # see tune_queries_needed
+MAX_TUNE_QUERIES = 4000
 
 
 def exact_knn(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int, *, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product k-NN by brute force, streaming ``xb`` in chunks.
+
+    Each chunk goes through faiss's exhaustive ``knn`` (a BLAS product and a heap per query: ~4x faster
+    than ``argpartition`` over the score matrix, which dominated), then the chunks' top-k are merged.
 
     Args:
         xb: ``float[N, D]`` database vectors (float16 is cast per chunk).
@@ -28,15 +45,21 @@ def exact_knn(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int, *, chunk:
     Returns:
         ``(scores float32[Q, k], ids int64[Q, k])`` sorted by decreasing score.
     """
+    from index._faiss import import_faiss
+
+    faiss = import_faiss()
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     q = xq.shape[0]
     best_s = np.full((q, k), -np.inf, dtype=np.float32)
     best_i = np.full((q, k), -1, dtype=np.int64)
     ids = np.asarray(ids, dtype=np.int64)
     for start in range(0, xb.shape[0], chunk):
-        block = np.asarray(xb[start : start + chunk], dtype=np.float32)
-        s = xq @ block.T  # [Q, chunk]
-        best_s, best_i = _merge_topk(best_s, best_i, s, np.broadcast_to(ids[start : start + chunk], s.shape), k)
+        block = np.ascontiguousarray(xb[start : start + chunk], dtype=np.float32)
+        s, local = faiss.knn(xq, block, min(k, block.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
+        found = local >= 0
+        s = np.where(found, s, -np.inf).astype(np.float32)
+        i = np.where(found, ids[start : start + chunk][np.where(found, local, 0)], -1)
+        best_s, best_i = _merge_topk(best_s, best_i, s, i, k)
     return best_s, best_i
 
 
@@ -66,10 +89,45 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
         raise ValueError(f"found and truth disagree on the query count: {found.shape[0]} vs {truth.shape[0]}")
     if found.shape[0] == 0:
         return float("nan")
+    return count_hits(found, truth, k) / (k * found.shape[0])
+
+
+def count_hits(found: np.ndarray, truth: np.ndarray, k: int) -> int:
+    """``sum over queries of |found[:k] ∩ truth[:k]|`` (ids ``-1`` never count)."""
     hits = 0
     for f, t in zip(found[:, :k], truth[:, :k], strict=True):
         hits += len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
-    return hits / (k * found.shape[0])
+    return hits
+
+
+def recall_lower_bound(hits: int, slots: int, *, z: float = CONFIDENCE_Z) -> float:
+    """One-sided lower confidence bound on recall from ``hits`` of ``slots`` neighbours (Wilson score).
+
+    Each of the ``Q * k`` true neighbours of the tuning queries is one trial. The bound treats them as
+    independent; neighbours of one query are correlated, so it is somewhat optimistic, but it turns
+    "the sample reached the target" into "the sample leaves little doubt the target is reached", which
+    the point estimate cannot say when the target is within a handful of misses of 1.
+    """
+    if slots <= 0:
+        return float("nan")
+    p = hits / slots
+    z2 = z * z
+    centre = p + z2 / (2 * slots)
+    margin = z * math.sqrt(p * (1 - p) / slots + z2 / (4 * slots * slots))
+    return max(0.0, (centre - margin) / (1 + z2 / slots))
+
+
+def tune_queries_needed(target_recall: float, k: int, minimum: int, maximum: int = MAX_TUNE_QUERIES) -> int:
+    """Tuning queries enough to certify ``target_recall`` (see :func:`recall_lower_bound`).
+
+    A setting with half the allowed miss rate expects ``CERTIFY_MISSES / 2`` misses among
+    ``CERTIFY_MISSES / (1 - target)`` neighbours, and then its lower bound clears the target. A target
+    of 1 can only be certified by an exhaustive search, so it gets ``minimum``.
+    """
+    if target_recall >= 1.0:
+        return minimum
+    needed = math.ceil(round(CERTIFY_MISSES / (k * (1.0 - target_recall)), 6))  # round: 12 / 0.005 is 2400.0000001
+    return int(max(minimum, min(maximum, needed)))
 
 
 def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,61 +144,86 @@ def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int)
 
 @dataclass
 class TuneResult:
-    """Outcome of :func:`tune_search_param`: the chosen value, its recall, and what was tried."""
+    """Outcome of :func:`tune_search_param`.
+
+    Attributes:
+        param / value: the tuned parameter and its chosen value (``None`` for exact indexes).
+        recall: recall@k measured on the probe at ``value``.
+        recall_lower: its one-sided 95 % lower bound (:func:`recall_lower_bound`; 1 for exact search).
+        certified: whether ``recall_lower >= target`` (the value is the smallest that certifies it).
+        target_met: whether ``recall >= target``.
+        tried: recall measured per probed value.
+    """
 
     param: str | None
     value: int | None
     recall: float
     target_met: bool
     tried: dict[int, float]
+    recall_lower: float = 1.0
+    certified: bool = True
 
 
-def tune_search_param(
-    ann: AnnIndex, xq: np.ndarray, self_ids: np.ndarray, true_ids: np.ndarray, *, k: int, target_recall: float
-) -> TuneResult:
-    """Pick the smallest ``nprobe`` / ``efSearch`` whose recall@k on ``xq`` reaches ``target_recall``.
+def tune_search_param(ann: AnnIndex, probe: RecallProbe, *, target_recall: float) -> TuneResult:
+    """Pick the smallest ``nprobe`` / ``efSearch`` whose recall@k on the probe *certifiably* reaches the target.
 
-    Recall is monotone in the parameter, so this is a binary search over
-    :meth:`IndexSpec.search_param_grid`. When even the largest value misses the target, that value is
-    kept and ``target_met`` is False (the manifest records it; callers log it).
+    "Certifiably" means the 95 % lower bound of the measured recall (:func:`recall_lower_bound`) clears
+    ``target_recall``; an exhaustive setting (IVF,Flat probing every list) is exact and always does.
+    A value whose point estimate just touches a high target (0 misses in 5,000 neighbours "is" 1.0)
+    does not generalise to other queries; the bound needs a margin the sample can vouch for (pair it
+    with :func:`tune_queries_needed`). When nothing certifies, the smallest value whose point estimate
+    reaches the target is taken, else the largest value (``target_met`` False; callers log it).
+
+    Recall is monotone in the parameter, and search cost grows with it, so values are measured from
+    the cheap end: every other grid value (a doubling) until one qualifies, then the one in between.
+    The probe is left holding the results at the chosen value (for exact updates, :meth:`RecallProbe.refresh`).
 
     Args:
         ann: the built index (its search parameter is left set to the chosen value).
-        xq: ``float32[Q, D]`` held-out queries.
-        self_ids: ``int64[Q]`` the id each query has in the index (leave-one-out), or ``-1``.
-        true_ids: ``int64[Q, k]`` exact neighbours without the query itself.
-        k: recall depth.
+        probe: held-out queries with exact neighbours (:class:`RecallProbe`).
         target_recall: in ``(0, 1]``.
     """
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
     param = ann.spec.search_param
     if param is None:
+        probe.found = probe.found_scores = probe.found_value = None
         return TuneResult(param=None, value=None, recall=1.0, target_met=True, tried={})
     grid = ann.spec.search_param_grid()
     tried: dict[int, float] = {}
+    lower: dict[int, float] = {}
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def measure(value: int) -> float:
+    def measure(i: int) -> int:
+        value = grid[i]
         if value not in tried:
             ann.set_search_param(value)
-            scores, ids = ann.search(xq, k + 1)
-            found, _ = drop_self(ids, scores, self_ids, k)
-            tried[value] = recall_at_k(found, true_ids, k)
-        return tried[value]
+            results[value] = probe.search(ann)
+            hits, slots = probe.hits(results[value][1], results[value][0])
+            tried[value] = hits / slots if slots else float("nan")
+            lower[value] = 1.0 if ann.spec.is_exact_at(value) else recall_lower_bound(hits, slots)
+        return value
 
-    lo, hi = 0, len(grid) - 1
-    if measure(grid[hi]) < target_recall:
-        chosen = grid[hi]
-    else:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if measure(grid[mid]) >= target_recall:
-                hi = mid
-            else:
-                lo = mid + 1
-        chosen = grid[lo]
-    ann.set_search_param(chosen)
-    return TuneResult(param=param, value=chosen, recall=measure(chosen), target_met=tried[chosen] >= target_recall, tried=tried)
+    def smallest(ok: Any) -> int | None:
+        i, failed = 0, -1
+        while not ok(measure(i)):
+            if i == len(grid) - 1:
+                return None
+            failed, i = i, min(i + 2, len(grid) - 1)
+        if i - 1 > failed and ok(measure(i - 1)):
+            i -= 1
+        return i
+
+    chosen = smallest(lambda v: lower[v] >= target_recall)
+    certified = chosen is not None
+    if chosen is None:
+        chosen = smallest(lambda v: tried[v] >= target_recall)
+    value = grid[len(grid) - 1 if chosen is None else chosen]
+    ann.set_search_param(value)
+    probe.found_scores, probe.found = results[value]
+    probe.found_value = value
+    return TuneResult(param=param, value=value, recall=tried[value], target_met=tried[value] >= target_recall,
+                      tried=tried, recall_lower=lower[value], certified=certified)
 
 
 @dataclass
@@ -152,9 +235,14 @@ class RecallProbe:
     vector not listed scores at most the last listed score, so the first ``k`` remaining entries stay
     the exact top-k as long as a row keeps at least ``k`` (rows that fall below are retired).
 
+    The probe also keeps what the index returned for each query (``found``, top-``k + 1`` before the
+    query itself is dropped), so that after an add or a removal :meth:`refresh` re-measures recall
+    exactly without searching every query again (IVF; see :meth:`refresh`).
+
     Attributes:
         queries: ``float32[P, D]``; self_ids: ``int64[P]``; gt_ids: ``int64[P, depth]`` (-1 = empty);
-        gt_scores: ``float32[P, depth]``; k: recall depth.
+        gt_scores: ``float32[P, depth]``; k: recall depth; found / found_scores: ``[P, k + 1]`` the
+        index's last results (``None`` until measured), at search value ``found_value``.
     """
 
     queries: np.ndarray
@@ -162,6 +250,9 @@ class RecallProbe:
     gt_ids: np.ndarray
     gt_scores: np.ndarray
     k: int
+    found: np.ndarray | None = None
+    found_scores: np.ndarray | None = None
+    found_value: int | None = None
 
     @classmethod
     def create(cls, xb: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, *, k: int, depth: int | None = None) -> RecallProbe:
@@ -186,7 +277,10 @@ class RecallProbe:
 
     @property
     def n_valid(self) -> int:
-        return int(((self.gt_ids >= 0).sum(axis=1) >= self.k).sum())
+        return int(self._valid().sum())
+
+    def _valid(self) -> np.ndarray:
+        return (self.gt_ids >= 0).sum(axis=1) >= self.k
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Merge newly indexed vectors ``x`` (``float[n, D]``) with ids ``ids`` into the ground truth."""
@@ -209,23 +303,63 @@ class RecallProbe:
         self.gt_scores = np.take_along_axis(scores, order, axis=1)
         self.gt_ids = np.take_along_axis(ids_, order, axis=1)
 
+    def search(self, ann: AnnIndex, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``ann``'s top-``k + 1`` ``(scores, ids)`` for every probe query (or ``rows`` of them)."""
+        return ann.search(self.queries if rows is None else self.queries[rows], self.k + 1)
+
+    def hits(self, found: np.ndarray, scores: np.ndarray) -> tuple[int, int]:
+        """``(true neighbours found, true neighbours)`` over the valid rows, for ``[P, k + 1]`` results."""
+        valid = self._valid()
+        got, _ = drop_self(found[valid], scores[valid], self.self_ids[valid], self.k)
+        return count_hits(got, self.gt_ids[valid], self.k), self.k * int(valid.sum())
+
+    def _recall(self) -> float:
+        assert self.found is not None and self.found_scores is not None
+        hits, slots = self.hits(self.found, self.found_scores)
+        return hits / slots if slots else float("nan")
+
     def measure(self, ann: AnnIndex) -> float:
-        """Recall@k of ``ann`` (with its current search parameter) on the rows still valid; NaN if none."""
-        valid = (self.gt_ids >= 0).sum(axis=1) >= self.k
-        if not valid.any():
-            return float("nan")
-        scores, found = ann.search(self.queries[valid], self.k + 1)
-        found, _ = drop_self(found, scores, self.self_ids[valid], self.k)
-        return recall_at_k(found, self.gt_ids[valid], self.k)
+        """Recall@k of ``ann`` (with its current search parameter) on the rows still valid; NaN if none.
+        Keeps the results for :meth:`refresh`."""
+        self.found_scores, self.found = self.search(ann)
+        self.found_value = ann.search_value
+        return self._recall()
+
+    def refresh(self, ann: AnnIndex, *, added: np.ndarray | None = None, removed: np.ndarray | None = None) -> float:
+        """Recall@k after ``added`` ids were added to (or ``removed`` ids removed from) ``ann``, exactly
+        what :meth:`measure` would return, at the cost of the change rather than of every query.
+
+        For IVF (:attr:`AnnIndex.deterministic_update`) a query's new results are its kept results
+        merged with its best among the added vectors (:meth:`AnnIndex.search_among`), and only queries
+        that lost a kept result to a removal are searched again. Other indexes, or a probe without kept
+        results, are measured in full. Call after :meth:`add` / :meth:`remove` updated the ground truth.
+        """
+        kept = self.found is not None and self.found_scores is not None and self.found_value == ann.search_value
+        if not kept or not ann.deterministic_update:
+            return self.measure(ann)
+        assert self.found is not None and self.found_scores is not None
+        if added is not None and len(added):
+            s, i = ann.search_among(self.queries, self.k + 1, np.asarray(added, dtype=np.int64))
+            self.found_scores, self.found = _merge_topk(self.found_scores, self.found, s, i, self.k + 1)
+        if removed is not None and len(removed):
+            stale = np.flatnonzero(np.isin(self.found, np.asarray(removed, dtype=np.int64)).any(axis=1))
+            if len(stale):
+                s, i = self.search(ann, stale)
+                self.found_scores[stale], self.found[stale] = s, i
+        return self._recall()
 
     def save(self, path: Path) -> None:
+        extra = {} if self.found is None else {"found": self.found, "found_scores": self.found_scores,
+                                               "found_value": -1 if self.found_value is None else self.found_value}
         with open(path, "wb") as f:
-            np.savez(f, queries=self.queries, self_ids=self.self_ids, gt_ids=self.gt_ids, gt_scores=self.gt_scores, k=self.k)
+            np.savez(f, queries=self.queries, self_ids=self.self_ids, gt_ids=self.gt_ids, gt_scores=self.gt_scores,
+                     k=self.k, **extra)
 
     @classmethod
     def load(cls, path: Path) -> RecallProbe:
         with np.load(path) as z:
             return cls(
-                queries=z["queries"], self_ids=z["self_ids"], gt_ids=z["gt_ids"], gt_scores=z["gt_scores"], k=int(z["k"])
+                queries=z["queries"], self_ids=z["self_ids"], gt_ids=z["gt_ids"], gt_scores=z["gt_scores"], k=int(z["k"]),
+                found=z["found"] if "found" in z else None, found_scores=z["found_scores"] if "found_scores" in z else None,
+                found_value=int(z["found_value"]) if "found_value" in z and int(z["found_value"]) >= 0 else None,
             )
-

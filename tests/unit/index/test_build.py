@@ -118,7 +118,7 @@ def test_recall_drift_triggers_a_rebuild(tmp_path: Path, image_store, monkeypatc
     ids = [r.image_id for r in records]
     index.build_indexes(store, tmp_path / "idx", kind=("global",), image_ids=ids[:500], specs={"global": "IVF16,Flat"},
                         target_recall=0.9, n_tune_queries=100)
-    monkeypatch.setattr(RecallProbe, "measure", lambda self, ann: 0.5)
+    monkeypatch.setattr(RecallProbe, "refresh", lambda self, ann, **changed: 0.5)
     m = index.add_images(tmp_path / "idx", store, ids[500:510], auto_rebuild=False)
     assert "drifted below 0.9 - 0.02" in (m.rebuild_due or "")
     assert m.indexes["global"].current_recall == 0.5

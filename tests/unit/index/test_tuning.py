@@ -7,7 +7,15 @@ import pytest
 
 from index.ann import AnnIndex
 from index.spec import IndexSpec
-from index.tuning import RecallProbe, drop_self, exact_knn, recall_at_k, tune_search_param
+from index.tuning import (
+    RecallProbe,
+    drop_self,
+    exact_knn,
+    recall_at_k,
+    recall_lower_bound,
+    tune_queries_needed,
+    tune_search_param,
+)
 
 
 def clustered(rng: np.random.Generator, n: int, d: int = 16, centers: int = 30, noise: float = 0.3) -> np.ndarray:
@@ -69,17 +77,91 @@ def test_tuning_reaches_the_target_with_the_smallest_grid_value(key: str, target
     ann.train(xb)
     ann.add(xb, ids)
     probe = RecallProbe.create(xb, ids, np.arange(0, 4000, 20), k=10)
-    res = tune_search_param(ann, probe.queries, probe.self_ids, probe.gt_ids[:, :10], k=10, target_recall=target)
-    assert res.target_met and res.recall >= target
+    res = tune_search_param(ann, probe, target_recall=target)
+    assert res.target_met and res.recall >= target and res.certified and target <= res.recall_lower <= res.recall
     assert ann.search_value == res.value
     grid = ann.spec.search_param_grid()
     smaller = [v for v in grid if v < res.value]
-    # every smaller value that was measured missed the target (binary search on a monotone curve)
-    assert all(res.tried[v] < target for v in smaller if v in res.tried)
+    slots = 10 * probe.n_valid
+    # every smaller value that was measured failed to certify the target (its lower bound is below it)
+    assert all(recall_lower_bound(round(res.tried[v] * slots), slots) < target for v in smaller if v in res.tried)
     if smaller:
         assert smaller[-1] in res.tried
     # the recall reported is the recall measured independently now
     assert probe.measure(ann) == pytest.approx(res.recall)
+
+
+def test_recall_lower_bound_is_the_wilson_score_bound() -> None:
+    assert recall_lower_bound(5000, 5000) == pytest.approx(5000 / (5000 + 1.645**2))
+    # p = 0.9, n = 100: the textbook Wilson interval
+    p, n, z = 0.9, 100, 1.645
+    ref = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    assert recall_lower_bound(90, 100) == pytest.approx(ref)
+    assert recall_lower_bound(90, 100) < recall_lower_bound(900, 1000) < 0.9
+    assert recall_lower_bound(0, 10) == 0.0
+
+
+def test_tune_queries_grow_with_the_target() -> None:
+    assert tune_queries_needed(0.95, 10, 500) == 500
+    assert tune_queries_needed(0.9995, 10, 500) == 2400  # 12 misses allowed among 24,000 neighbours
+    assert tune_queries_needed(0.99999, 10, 500) == 4000  # capped
+    assert tune_queries_needed(1.0, 10, 500) == 500  # only an exhaustive search certifies 1
+
+
+def test_a_point_estimate_at_the_target_is_not_enough_close_to_1() -> None:
+    rng = np.random.default_rng(6)
+    xb = clustered(rng, 4000)
+    ids = np.arange(len(xb), dtype=np.int64)
+    ann = AnnIndex.create(IndexSpec.parse("IVF64,Flat"), xb.shape[1])
+    ann.train(xb)
+    ann.add(xb, ids)
+    probe = RecallProbe.create(xb, ids, np.arange(0, 4000, 20), k=10)
+    res = tune_search_param(ann, probe, target_recall=0.999)
+    assert res.certified and res.recall_lower >= 0.999
+    # some smaller value already had every neighbour of the 200 queries: the sample alone cannot vouch for it
+    assert any(r >= 0.999 for v, r in res.tried.items() if v < res.value)
+    # a target of 1 is certified by probing every list (exact), never by a sample
+    exact = tune_search_param(ann, probe, target_recall=1.0)
+    assert exact.value == 64 and exact.certified and exact.recall == 1.0
+    hnsw = AnnIndex.create(IndexSpec.parse("HNSW16"), xb.shape[1])
+    hnsw.add(xb, ids)
+    res = tune_search_param(hnsw, probe, target_recall=1.0)
+    assert not res.certified and (res.target_met or res.value == hnsw.spec.search_param_grid()[-1])
+
+
+@pytest.mark.parametrize("key", ["IVF32,Flat", "OPQ8_16,IVF32,PQ8x4", "HNSW16"])
+def test_refresh_equals_a_full_measurement_after_adds_and_removes(key: str) -> None:
+    rng = np.random.default_rng(7)
+    xb = clustered(rng, 3000)
+    ids = np.arange(3000, dtype=np.int64) * 3
+    ann = AnnIndex.create(IndexSpec.parse(key), xb.shape[1])
+    ann.train(xb[:2000])
+    ann.add(xb[:2000], ids[:2000])
+    probe = RecallProbe.create(xb[:2000], ids[:2000], np.arange(0, 2000, 10), k=10)
+    tune_search_param(ann, probe, target_recall=0.9)
+    searched: list[int] = []
+    search = ann.search
+    ann.search = lambda xq, k: (searched.append(len(xq)), search(xq, k))[1]  # type: ignore[method-assign]
+    for step in range(3):
+        searched.clear()
+        if step == 1:
+            gone = ids[rng.choice(2500, 300, replace=False)]
+            ann.remove(gone)
+            probe.remove(gone)
+            got = probe.refresh(ann, removed=gone)
+        else:
+            new = slice(2000 + 500 * (step // 2), 2500 + 500 * (step // 2))
+            ann.add(xb[new], ids[new])
+            probe.add(xb[new], ids[new])
+            got = probe.refresh(ann, added=ids[new])
+        if ann.deterministic_update:  # IVF: after an add no query is searched again, after a removal a few
+            assert sum(searched) == 0 if step != 1 else 0 < sum(searched) < len(probe.queries)
+        else:
+            assert searched == [len(probe.queries)]
+        kept = probe.found.copy()
+        assert got == probe.measure(ann)  # the same recall as searching every query again
+        same = [set(a) == set(b) for a, b in zip(kept, probe.found)]
+        assert np.mean(same) >= 0.99  # the same results, up to ties
 
 
 def test_probe_stays_exact_under_adds_and_removes() -> None:
