@@ -197,22 +197,77 @@ class ScanReranker:
         Returns:
             ``float32[N]``.
         """
-        from encoders.scan import xattn_score_estimates
-
         counts = np.asarray(counts, dtype=np.int64)
         n_words = len(query.tokens) if query.word_embeddings is None else int(np.shape(query.word_embeddings)[0])
         if sims.ndim != 2 or sims.shape[0] != int(counts.sum()) or sims.shape[1] != n_words:
             raise ValueError(f"sims must be (sum(counts)={int(counts.sum())}, {n_words} query words); got {tuple(sims.shape)}")
-        if counts.size == 0:
-            return np.zeros(0, np.float32)
+        return stacked_score_estimates(np.asarray(sims, np.float32), counts, direction=self.direction,
+                                       raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,
+                                       lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse)
+
+
+def stacked_score_estimates(
+    sims: np.ndarray, counts: np.ndarray, *, direction: str, raw_feature_norm: str, agg_func: str,
+    lambda_softmax: float, lambda_lse: float,
+) -> np.ndarray:
+    """:func:`encoders.scan.xattn_score_estimates` in numpy on the stacked layout ``sims[sum(counts), L]``
+    (segment reductions instead of a padded tensor: the two-stage search calls it on a few thousand
+    candidates per query, where padding to the largest region count and small-axis reductions in torch
+    cost more than the arithmetic). A candidate without regions scores as one region of cosine 0."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n, n_words = counts.size, sims.shape[1]
+    if n == 0:
+        return np.zeros(0, np.float32)
+    if (counts == 0).any():  # one zero region each, as the padded form does
+        rows = np.repeat(np.arange(n), counts)
         lens = np.maximum(counts, 1)
-        padded = np.zeros((counts.size, int(lens.max()), n_words), dtype=np.float32)
-        starts = np.cumsum(counts) - counts
-        rows = np.repeat(np.arange(counts.size), counts)
-        padded[rows, np.arange(int(counts.sum())) - np.repeat(starts, counts)] = sims
-        with torch.no_grad():
-            est = xattn_score_estimates(torch.from_numpy(padded).to(self.device), torch.from_numpy(lens).to(self.device),
-                                        direction=self.direction, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
-                                        agg_func=self.agg_func, lambda_softmax=self.lambda_softmax,  # type: ignore[arg-type]
-                                        lambda_lse=self.lambda_lse)
-        return est.float().cpu().numpy()
+        full = np.zeros((int(lens.sum()), n_words), np.float32)
+        full[(np.cumsum(lens) - lens)[rows] + (np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts))] = sims
+        sims, counts = full, lens
+    starts = np.cumsum(counts) - counts
+    eps, slope = 1e-8, 0.1  # SCAN's epsilon and LeakyReLU slope (encoders.scan)
+
+    def seg_sum(x: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(x, starts, axis=0)
+
+    def normalise(x: np.ndarray, over_words: bool) -> np.ndarray:  # Step A across the query axis
+        if raw_feature_norm == "softmax":
+            if over_words:
+                e = np.exp(x - x.max(axis=1, keepdims=True))
+                return e / e.sum(axis=1, keepdims=True)
+            e = np.exp(x - np.repeat(np.maximum.reduceat(x, starts, axis=0), counts, axis=0))
+            return e / np.repeat(seg_sum(e), counts, axis=0)
+        if raw_feature_norm.startswith("clipped"):
+            x = np.where(x > 0, x, slope * x)
+        if raw_feature_norm in ("clipped", "no_norm"):
+            return x
+        if raw_feature_norm.endswith("l2norm"):
+            norm = np.sqrt((x * x).sum(axis=1, keepdims=True)) if over_words else np.repeat(np.sqrt(seg_sum(x * x)), counts, axis=0)
+        else:
+            norm = np.abs(x).sum(axis=1, keepdims=True) if over_words else np.repeat(seg_sum(np.abs(x)), counts, axis=0)
+        return x / (norm + eps)
+
+    if direction == "t2i":  # context = regions (softmax within each image), query = words
+        logits = lambda_softmax * normalise(sims, over_words=True)
+        e = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts, axis=0), counts, axis=0))
+        rel = seg_sum(e * sims) / seg_sum(e)  # [N, L]
+        if agg_func == "LogSumExp":
+            m = rel.max(axis=1, keepdims=True)
+            out = (np.log(np.exp(lambda_lse * (rel - m)).sum(axis=1)) / lambda_lse + m[:, 0])
+        else:
+            out = {"Mean": rel.mean(axis=1), "Max": rel.max(axis=1), "Sum": rel.sum(axis=1)}[agg_func]
+        return out.astype(np.float32)
+    # i2t: context = words (softmax over each region's row), query = regions (aggregated within each image)
+    logits = lambda_softmax * normalise(sims, over_words=False)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    rel = (e * sims).sum(axis=1) / e.sum(axis=1)  # [sum R]
+    if agg_func == "LogSumExp":
+        m = np.maximum.reduceat(rel, starts)
+        out = np.log(np.add.reduceat(np.exp(lambda_lse * (rel - np.repeat(m, counts))), starts)) / lambda_lse + m
+    elif agg_func == "Mean":
+        out = np.add.reduceat(rel, starts) / counts
+    elif agg_func == "Max":
+        out = np.maximum.reduceat(rel, starts)
+    else:
+        out = np.add.reduceat(rel, starts)
+    return out.astype(np.float32)

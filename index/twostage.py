@@ -17,6 +17,7 @@ import numpy as np
 
 from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_from_sims, word_region_sims
 from index.build import IndexHandle, open_index
+from index.spec import IndexSpec
 from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Fusion = Literal["scan", "mrsw", "weighted"]
+_GPU_MAX_K = 2048  # the largest k faiss's GPU indexes select
 
 
 @runtime_checkable
@@ -374,6 +376,9 @@ class Searcher:
         self.fusion_weight = fusion_weight
         self.pad_regions_to = pad_regions_to
         self.regions = self.handle.regions if use_region_matrix else None
+        region_info = self.handle.manifest.indexes.get("region")
+        self._prefix_rounds = region_info is not None and IndexSpec.parse(region_info.spec).family in ("flat", "ivf")
+        self._max_search_k = _GPU_MAX_K if ngpu else None  # faiss GPU k-selection stops at 2048
         self.estimator: ScoreEstimator | None = (
             reranker if use_estimates and fusion != "mrsw" and isinstance(reranker, ScoreEstimator) else None
         )
@@ -386,10 +391,26 @@ class Searcher:
             self.caption_handle = open_index(caption_index_dir, ngpu=ngpu)
             self.captions = _open_source(captions, "captions")
 
-    def _region_round(self, words: np.ndarray, region_k: int) -> tuple[np.ndarray, np.ndarray, float, int]:
-        """One first-stage round: ``(int ids, MaxSim bounds, outside bound, results retrieved)``."""
+    def _region_round(
+        self, words: np.ndarray, region_k: int, state: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, float, int]:
+        """One first-stage round: ``(int ids, MaxSim bounds, outside bound, results retrieved)``.
+
+        On an inverted-file or flat region index a search costs about the same at any depth (it scans
+        the same lists), and the top ``region_k`` is a prefix of a deeper result, so the first round
+        fetches ``max_region_k`` once (kept in ``state``) and every deepening round reads a prefix of
+        it. A graph index (HNSW) searches deeper at a cost that grows with ``k``: one search per round.
+        """
         h = self.handle
-        scores, items, _ = h.search_multi(words, region_k)
+        if self._max_search_k is not None:
+            region_k = min(region_k, self._max_search_k)
+        if state is not None and self._prefix_rounds:
+            if state.get("fetched") is None:
+                state["fetched"] = h.search_multi(words, min(self.max_region_k, self._max_search_k or self.max_region_k))[:2]
+            fetched_scores, fetched_items = state["fetched"]
+            scores, items = fetched_scores[:, :region_k], fetched_items[:, :region_k]
+        else:
+            scores, items, _ = h.search_multi(words, region_k)
         ids, bounds, outside = maxsim_candidates(scores, items, items.size, clip_at_zero=self.pad_regions_to is not None)
         if self.n_candidates is not None and len(ids) > self.n_candidates:
             outside = max(outside, float(bounds[self.n_candidates]))  # dropped images are bounded by their MaxSim bound
@@ -481,7 +502,7 @@ class Searcher:
             if state["region_k"] >= self.max_region_k or state["exhausted"]:
                 return
             region_k = self.region_k if state["region_k"] == 0 else min(2 * state["region_k"], self.max_region_k)
-            ids, bounds, outside, retrieved = self._region_round(words, region_k)
+            ids, bounds, outside, retrieved = self._region_round(words, region_k, state)
             state["exhausted"] = retrieved <= state["retrieved"]  # a deeper search found nothing more
             state.update(region_k=region_k, round_outside=outside, round_ids=ids, round_bounds=bounds, retrieved=retrieved)
 

@@ -113,6 +113,30 @@ def test_grounded_query_encoder_delegates():
     assert GroundedQueryEncoder(Fake()).encode_query("cat").tokens == ["cat"]
 
 
+NORMS = ["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm"]
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("agg", ["LogSumExp", "Mean", "Max", "Sum"])
+def test_stacked_estimates_equal_the_padded_torch_estimates(direction: str, norm: str, agg: str) -> None:
+    from encoders.adapters import stacked_score_estimates
+    from encoders.scan import xattn_score_estimates
+
+    rng = np.random.default_rng(4)
+    counts = np.array([5, 1, 0, 7, 3, 2])
+    sims = np.tanh(rng.standard_normal((int(counts.sum()), 3))).astype(np.float32)
+    got = stacked_score_estimates(sims, counts, direction=direction, raw_feature_norm=norm, agg_func=agg,
+                                  lambda_softmax=9.0, lambda_lse=6.0)
+    lens = np.maximum(counts, 1)
+    padded = np.zeros((counts.size, int(lens.max()), 3), np.float64)
+    for i, (c, s0) in enumerate(zip(counts, np.cumsum(counts) - counts)):
+        padded[i, :c] = sims[s0 : s0 + c]
+    ref = xattn_score_estimates(torch.from_numpy(padded), torch.from_numpy(lens), direction=direction,
+                                raw_feature_norm=norm, agg_func=agg, lambda_softmax=9.0, lambda_lse=6.0)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
     rng = np.random.default_rng(3)
     words = rng.standard_normal((3, 8)).astype(np.float32)
