@@ -88,11 +88,11 @@ class RerankResult:
     Attributes:
         scores: ``float32[K]`` SCAN score per candidate, higher is better.
         word_region_weights: per candidate ``float32[L, R_k]``: how strongly each query word attends to
-            each region (t2i: each row sums to 1 over the regions).
+            each region (t2i: each row sums to 1 over the regions); None from :meth:`ScanReranker.scores`.
     """
 
     scores: np.ndarray
-    word_region_weights: list[np.ndarray]
+    word_region_weights: list[np.ndarray] | None
 
 
 class ScanReranker:
@@ -143,6 +143,14 @@ class ScanReranker:
         Raises:
             ValueError: the query has no words; an embedding width differs from the query's.
         """
+        return self._run(query, candidates, with_weights=True)
+
+    def scores(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> np.ndarray:
+        """:meth:`rerank`'s scores alone (``float32[K]``), without the attention maps, which cost about as
+        much again; ``index`` scores with it and asks :meth:`rerank` for the maps of the hits it returns."""
+        return self._run(query, candidates, with_weights=False).scores
+
+    def _run(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord], *, with_weights: bool) -> RerankResult:
         from encoders.scan import xattn_i2t_attention, xattn_scores, xattn_t2i_attention
 
         words_np = np.asarray(query.word_embeddings, dtype=np.float32)
@@ -169,16 +177,19 @@ class ScanReranker:
                 s = xattn_scores(img, words[None], [n_words], direction=self.direction,  # type: ignore[arg-type]
                                  raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,  # type: ignore[arg-type]
                                  lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse, region_lens=lens)
-                if self.direction == "t2i":
+                if not with_weights:
+                    att = None
+                elif self.direction == "t2i":
                     att = xattn_t2i_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
                                               lambda_softmax=self.lambda_softmax)  # [K, L, R]
                 else:
                     att = xattn_i2t_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
                                               lambda_softmax=self.lambda_softmax).transpose(1, 2)  # [K, L, R]
             scores[c0 : c0 + len(chunk)] = s[:, 0].float().cpu().numpy()
-            att_np = att.float().cpu().numpy()
-            weights.extend(att_np[i, :, : c.num_regions].copy() for i, c in enumerate(chunk))
-        return RerankResult(scores=scores, word_region_weights=weights)
+            if att is not None:
+                att_np = att.float().cpu().numpy()
+                weights.extend(att_np[i, :, : c.num_regions].copy() for i, c in enumerate(chunk))
+        return RerankResult(scores=scores, word_region_weights=weights if with_weights else None)
 
     def estimate(self, query: QueryEmbedding, sims: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Estimated SCAN scores of many candidates from their word-region cosines (no region vectors).

@@ -33,6 +33,7 @@ __all__ = [
     "WordExplanation",
     "exhaustive_search",
     "fuse_scores",
+    "rerank_scores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ class RerankOutput:
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Scores candidates against a query (SCAN stacked cross attention, run by ``encoders``)."""
+    """Scores candidates against a query (SCAN stacked cross attention, run by ``encoders``).
+
+    A re-ranker may also offer ``scores(query, candidates) -> float[K]``, the same scores without the
+    attention maps; the search then scores with it and asks ``rerank`` only for the hits it returns.
+    """
 
     def rerank(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> RerankOutput: ...
 
@@ -164,6 +169,24 @@ def fuse_scores(mrsw: np.ndarray, scan: np.ndarray | None, n_words: int, *, fusi
             raise ValueError(f"fusion weight must be in [0, 1]; got {weight}")
         return (weight * np.asarray(scan, np.float64) + (1 - weight) * np.asarray(mrsw, np.float64) / max(n_words, 1)).astype(np.float32)
     raise ValueError(f"unknown fusion {fusion!r}; expected 'scan', 'mrsw' or 'weighted'")
+
+
+def rerank_scores(
+    reranker: Reranker, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The re-ranker's scores of the candidates, and its attention maps when they came for free: its
+    ``scores(query, candidates)`` when it has one (no maps: SCAN's cost about as much again as its
+    scores), else ``rerank(...)`` (scores and maps)."""
+    scores_only = getattr(reranker, "scores", None)
+    if callable(scores_only):
+        scores = np.asarray(scores_only(query, candidates), dtype=np.float32)
+        if scores.shape != (len(candidates),):
+            raise ValueError(f"reranker returned scores of shape {tuple(scores.shape)} for {len(candidates)} candidates; "
+                             f"expected ({len(candidates)},)")
+        return scores, None
+    out = reranker.rerank(query, candidates)
+    scores = _check_rerank(out, len(candidates), np.shape(query.word_embeddings)[0], candidates)
+    return scores, None if out.word_region_weights is None else list(out.word_region_weights)
 
 
 def _check_rerank(out: RerankOutput, n: int, n_words: int, records: Sequence[ImageEmbeddingRecord]) -> np.ndarray:
@@ -541,11 +564,11 @@ class Searcher:
             final = fuse_scores(pool.scores[top], None, n_words, fusion="mrsw", weight=0.0)
             scan, weights, records = None, None, self._records(pool.ids[top], cache)
         else:
-            rows, scan_top, weights_parts = self._rerank_pool(query, pool, words, depth, k, state, cache)
+            rows, scan_top, maps = self._rerank_pool(query, pool, words, depth, k, state, cache)
             done = len(rows)
             records = self._records(pool.ids[rows], cache)
             final = fuse_scores(pool.scores[rows], scan_top, n_words, fusion=self.fusion, weight=self.fusion_weight)
-            weights = None if any(w is None for w in weights_parts) else [w for part in weights_parts for w in part]
+            weights = maps if maps is not None else self._hit_weights(query, records, final, k)
             scan, top = scan_top, rows
             if done < k:  # fewer re-ranked than asked for: the rest follow in MrSw order (ALBEF's -100)
                 order = np.argsort(-pool.scores, kind="stable")
@@ -574,7 +597,7 @@ class Searcher:
     def _rerank_pool(
         self, query: QueryEmbedding, pool: _Pool, words: np.ndarray, depth: int, k: int, state: dict[str, Any],
         cache: dict[int, ImageEmbeddingRecord],
-    ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[Any] | None]:
         """Re-rank the pool ``rerank_k`` at a time (best :meth:`_rerank_key` first) while an unseen
         candidate could still enter the top ``k``.
 
@@ -582,13 +605,13 @@ class Searcher:
         amount by which a seen score exceeded its estimate (with an estimator), or at most the best
         score seen (without): a heuristic stop, since no bound on the re-ranker is known.
 
-        Returns ``(pool rows re-ranked, their re-ranker scores, the re-ranker's weight lists)``.
+        Returns ``(pool rows re-ranked, their re-ranker scores, their attention maps or None)``.
         """
         assert self.reranker is not None
         n_words = words.shape[0]
         rows = np.zeros(0, np.int64)
         scan_parts: list[np.ndarray] = []
-        weights_parts: list[Any] = []
+        maps: list[Any] | None = []
         while True:
             key = self._rerank_key(pool, n_words)
             seen = np.zeros(len(pool.ids), dtype=bool)
@@ -597,9 +620,9 @@ class Searcher:
             chunk = remaining[np.argsort(-key[remaining], kind="stable")][: max(depth - len(rows), 0)]
             if chunk.size:
                 recs = self._records(pool.ids[chunk], cache)
-                out = self.reranker.rerank(query, recs)
-                scan_parts.append(_check_rerank(out, len(recs), n_words, recs))
-                weights_parts.append(out.word_region_weights)
+                scores, chunk_maps = rerank_scores(self.reranker, query, recs)
+                scan_parts.append(scores)
+                maps = None if maps is None or chunk_maps is None else [*maps, *chunk_maps]
                 rows = np.concatenate([rows, chunk])
             seen[chunk] = True
             rest = np.flatnonzero(~seen)
@@ -619,7 +642,24 @@ class Searcher:
             depth = min(depth + self.rerank_k, self.max_rerank_k)
             self._certify(pool, words, depth, state, cache)  # the pool may grow; rows keep their positions
         scan = np.concatenate(scan_parts) if scan_parts else np.zeros(0, np.float32)
-        return rows, scan, weights_parts
+        return rows, scan, maps
+
+    def _hit_weights(
+        self, query: QueryEmbedding, records: list[ImageEmbeddingRecord], final: np.ndarray, k: int
+    ) -> list[np.ndarray | None] | None:
+        """The re-ranker's attention maps of the ``k`` hits only (``None`` for the other re-ranked
+        candidates, which are never shown), or ``None`` when it gives none."""
+        assert self.reranker is not None
+        best = np.argsort(-final, kind="stable")[:k]
+        hits = [records[i] for i in best]
+        out = self.reranker.rerank(query, hits)
+        _check_rerank(out, len(hits), np.shape(query.word_embeddings)[0], hits)
+        if out.word_region_weights is None:
+            return None
+        weights: list[np.ndarray | None] = [None] * len(records)
+        for i, w in zip(best.tolist(), out.word_region_weights, strict=True):
+            weights[i] = w
+        return weights
 
     def search_captions(self, image_id: str, k: int = 10, *, word_k: int = 64, n_candidates: int = 256) -> list[CaptionHit]:
         """Image-to-text search: captions for a stored image, by MaxSim over caption word vectors then
@@ -709,7 +749,7 @@ def exhaustive_search(
         mrsw = mrsw_align(words, [r.region_embeddings for r in chunk], pad_regions_to=pad_regions_to)
         scan = None
         if reranker is not None and fusion != "mrsw":
-            scan = _check_rerank(reranker.rerank(query, chunk), len(chunk), words.shape[0], chunk)
+            scan = rerank_scores(reranker, query, chunk)[0]
         final = fuse_scores(mrsw.scores, scan, words.shape[0], fusion=fusion, weight=fusion_weight)
         for i in np.argsort(-final, kind="stable")[:k]:
             best.append((float(final[i]), chunk[i], float(mrsw.scores[i]), None if scan is None else float(scan[i])))

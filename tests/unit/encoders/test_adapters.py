@@ -164,3 +164,20 @@ def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
         ScanReranker().estimate(query, sims[:, :2], counts)
     with pytest.raises(ValueError, match="sum\\(counts\\)=16"):
         ScanReranker().estimate(query, sims[:-1], counts)
+
+
+def test_scan_reranker_scores_equal_rerank_scores_without_maps() -> None:
+    rng = np.random.default_rng(9)
+    words = rng.standard_normal((4, 8)).astype(np.float32)
+    words /= np.linalg.norm(words, axis=1, keepdims=True)
+    query = QueryEmbedding(text="a b c d", tokens=list("abcd"), word_embeddings=words, global_embedding=None)
+    cands = []
+    for i, r in enumerate([3, 6, 1]):
+        regions = rng.standard_normal((r, 8)).astype(np.float32)
+        cands.append(ImageEmbeddingRecord(image_id=f"i{i}", uri="", boxes=np.zeros((r, 4), np.float32),
+                                          region_embeddings=regions / np.linalg.norm(regions, axis=1, keepdims=True)))
+    for direction in ("t2i", "i2t"):
+        rr = ScanReranker(direction=direction, max_candidates_per_chunk=2)
+        full = rr.rerank(query, cands)
+        np.testing.assert_array_equal(rr.scores(query, cands), full.scores)
+        assert full.word_region_weights is not None and len(full.word_region_weights) == 3

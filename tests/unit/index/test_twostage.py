@@ -270,3 +270,35 @@ def test_estimates_stop_adaptive_re_ranking_early_without_losing_agreement(built
         depth_est.append(by_estimate.last_stats.reranked)
         depth_mrsw.append(by_mrsw.last_stats.reranked)
     assert sum(depth_est) < sum(depth_mrsw), (depth_est, depth_mrsw)
+
+
+class ScoresOnlyReranker(NumpyScanReranker):
+    """Also offers scores() (no maps); counts which face was asked for how many candidates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored = 0
+
+    def scores(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord]) -> np.ndarray:
+        self.scored += len(candidates)
+        words = np.asarray(query.word_embeddings, np.float32)
+        return np.array([scan_t2i(words, np.asarray(c.region_embeddings, np.float32))[0] for c in candidates], np.float32)
+
+
+def test_scores_only_reranker_is_asked_for_maps_of_the_hits_alone(built, scene: Scene) -> None:
+    idx, store, records = built
+    enc = BagOfWordsEncoder(scene.prototypes)
+    plain, lean = NumpyScanReranker(), ScoresOnlyReranker()
+    kw = dict(rerank_k=30, fusion="weighted", fusion_weight=0.4)
+    for q in QUERIES[:3]:
+        a = index.Searcher(idx, store, enc, plain, **kw).search(q, 5)
+        b = index.Searcher(idx, store, enc, lean, **kw).search(q, 5)
+        assert [h.image_id for h in a] == [h.image_id for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+        for ha, hb in zip(a, b, strict=True):
+            np.testing.assert_allclose(ha.word_region_weights, hb.word_region_weights, atol=1e-6)
+            assert [e.weight for e in ha.explanation] == pytest.approx([e.weight for e in hb.explanation], abs=1e-6)
+    assert lean.scored == plain.candidates_seen and lean.candidates_seen == 3 * 5  # maps for the 5 hits only
+    ref = exhaustive_search(enc.encode_query("c1 c5"), records, ScoresOnlyReranker(), 5, fusion="weighted", fusion_weight=0.4)
+    assert [h.image_id for h in ref] == [h.image_id for h in
+                                         exhaustive_search(enc.encode_query("c1 c5"), records, plain, 5, fusion="weighted", fusion_weight=0.4)]
