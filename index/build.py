@@ -232,6 +232,7 @@ def build_vector_index(
         build_s=round(build_s, 4), tune_s=round(tune_s, 4), tried={str(v): r for v, r in tuned.tried.items()},
         chosen_by=chosen_by, tuned_on="data" if tuning_queries is None else f"{len(probe.queries)} given queries",
         tune_queries=len(probe.queries), recall_lower=tuned.recall_lower, certified=tuned.certified,
+        predicted={str(v): r for v, r in tuned.predicted.items()},
     )
     return ann, info, probe
 

@@ -39,6 +39,7 @@ class IndexInfo:
         tune_queries: probe queries tuned on (more for targets close to 1, ``index.tuning.tune_queries_needed``).
         recall_lower: the 95 % lower confidence bound of ``measured_recall`` (``index.tuning.recall_lower_bound``).
         certified: whether ``recall_lower >= target_recall`` (else the point estimate decided).
+        predicted: recall per grid value computed without searching (IVF,Flat; ``tried`` holds what was searched).
     """
 
     kind: str
@@ -67,6 +68,7 @@ class IndexInfo:
     tune_queries: int = 0
     recall_lower: float = float("nan")
     certified: bool = False
+    predicted: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

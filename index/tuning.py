@@ -5,7 +5,7 @@ stay exact under incremental adds and removals (used to detect recall drift).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "TuneResult",
     "count_hits",
     "exact_knn",
+    "ivf_flat_predicted_hits",
     "recall_at_k",
     "recall_lower_bound",
     "tune_queries_needed",
@@ -152,7 +153,8 @@ class TuneResult:
         recall_lower: its one-sided 95 % lower bound (:func:`recall_lower_bound`; 1 for exact search).
         certified: whether ``recall_lower >= target`` (the value is the smallest that certifies it).
         target_met: whether ``recall >= target``.
-        tried: recall measured per probed value.
+        tried: recall measured (searched) per probed value.
+        predicted: recall per grid value computed without searching (IVF,Flat; :func:`ivf_flat_predicted_hits`).
     """
 
     param: str | None
@@ -162,6 +164,7 @@ class TuneResult:
     tried: dict[int, float]
     recall_lower: float = 1.0
     certified: bool = True
+    predicted: dict[int, float] = field(default_factory=dict)
 
 
 def tune_search_param(ann: AnnIndex, probe: RecallProbe, *, target_recall: float) -> TuneResult:
@@ -174,9 +177,12 @@ def tune_search_param(ann: AnnIndex, probe: RecallProbe, *, target_recall: float
     with :func:`tune_queries_needed`). When nothing certifies, the smallest value whose point estimate
     reaches the target is taken, else the largest value (``target_met`` False; callers log it).
 
-    Recall is monotone in the parameter, and search cost grows with it, so values are measured from
+    Recall is monotone in the parameter, and search cost grows with it, so values are searched from
     the cheap end: every other grid value (a doubling) until one qualifies, then the one in between.
-    The probe is left holding the results at the chosen value (for exact updates, :meth:`RecallProbe.refresh`).
+    For IVF,Flat with a flat quantiser the recall of every value is first computed without searching
+    (:func:`ivf_flat_predicted_hits`), and searching starts at the predicted choice, stepping up only
+    if the real search falls short (score ties). The probe is left holding the results at the chosen
+    value (for exact updates, :meth:`RecallProbe.refresh`).
 
     Args:
         ann: the built index (its search parameter is left set to the chosen value).
@@ -194,36 +200,84 @@ def tune_search_param(ann: AnnIndex, probe: RecallProbe, *, target_recall: float
     lower: dict[int, float] = {}
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def measure(i: int) -> int:
+    def bound(value: int, hits: int, slots: int) -> float:
+        return 1.0 if ann.spec.is_exact_at(value) else recall_lower_bound(hits, slots)
+
+    def measure(i: int) -> tuple[float, float]:
         value = grid[i]
         if value not in tried:
             ann.set_search_param(value)
             results[value] = probe.search(ann)
             hits, slots = probe.hits(results[value][1], results[value][0])
             tried[value] = hits / slots if slots else float("nan")
-            lower[value] = 1.0 if ann.spec.is_exact_at(value) else recall_lower_bound(hits, slots)
-        return value
+            lower[value] = bound(value, hits, slots)
+        return tried[value], lower[value]
+
+    counts = ivf_flat_predicted_hits(ann, probe, grid)
+    predicted = {v: (h / n if n else float("nan"), bound(v, h, n)) for v, (h, n) in (counts or {}).items()}
 
     def smallest(ok: Any) -> int | None:
+        if predicted:  # search from the predicted choice upwards
+            start = next((i for i, v in enumerate(grid) if ok(*predicted[v])), None)
+            return None if start is None else next((i for i in range(start, len(grid)) if ok(*measure(i))), None)
         i, failed = 0, -1
-        while not ok(measure(i)):
+        while not ok(*measure(i)):
             if i == len(grid) - 1:
                 return None
             failed, i = i, min(i + 2, len(grid) - 1)
-        if i - 1 > failed and ok(measure(i - 1)):
+        if i - 1 > failed and ok(*measure(i - 1)):
             i -= 1
         return i
 
-    chosen = smallest(lambda v: lower[v] >= target_recall)
+    chosen = smallest(lambda recall, low: low >= target_recall)
     certified = chosen is not None
     if chosen is None:
-        chosen = smallest(lambda v: tried[v] >= target_recall)
-    value = grid[len(grid) - 1 if chosen is None else chosen]
+        chosen = smallest(lambda recall, low: recall >= target_recall)
+    i = len(grid) - 1 if chosen is None else chosen
+    measure(i)
+    value = grid[i]
     ann.set_search_param(value)
     probe.found_scores, probe.found = results[value]
     probe.found_value = value
     return TuneResult(param=param, value=value, recall=tried[value], target_met=tried[value] >= target_recall,
-                      tried=tried, recall_lower=lower[value], certified=certified)
+                      tried=tried, recall_lower=lower[value], certified=certified,
+                      predicted={v: r for v, (r, _) in predicted.items()})
+
+
+def ivf_flat_predicted_hits(ann: AnnIndex, probe: RecallProbe, values: list[int]) -> dict[int, tuple[int, int]] | None:
+    """``value -> (hits, slots)`` of an IVF,Flat index at each ``nprobe`` in ``values``, without searching.
+
+    With exact scores, the search at ``nprobe`` returns every true neighbour whose list is among the
+    ``nprobe`` lists nearest the query (they outscore everything else it scans), and no other. So the
+    hits are counted from each true neighbour's list and each query's ranking of the lists: one
+    quantiser search instead of one scan per value. ``None`` for other indexes (PQ/SQ scores are
+    approximate, an HNSW quantiser ranks lists approximately). Up to score ties, this equals
+    :meth:`RecallProbe.hits` of a real search.
+    """
+    from index._faiss import import_faiss
+
+    spec = ann.spec
+    if spec.family != "ivf" or spec.encoding != "flat" or spec.hnsw_m or spec.opq_m:
+        return None
+    faiss = import_faiss()
+    ivf = faiss.extract_index_ivf(ann.faiss_index)
+    lists = ivf.invlists
+    sizes = np.array([lists.list_size(j) for j in range(ivf.nlist)], dtype=np.int64)
+    stored = np.concatenate([faiss.rev_swig_ptr(lists.get_ids(j), int(sizes[j])).copy() if sizes[j] else
+                             np.zeros(0, np.int64) for j in range(ivf.nlist)])
+    owner = np.repeat(np.arange(ivf.nlist), sizes)
+    order = np.argsort(stored, kind="stable")
+    stored, owner = stored[order], owner[order]
+    valid = probe._valid()
+    truth = probe.gt_ids[valid, : probe.k]
+    at = np.clip(np.searchsorted(stored, truth), 0, max(len(stored) - 1, 0))
+    known = (stored[at] == truth) if len(stored) else np.zeros(truth.shape, bool)
+    _, ranking = ivf.quantizer.search(np.ascontiguousarray(probe.queries[valid]), ivf.nlist)
+    rank = np.empty_like(ranking)
+    np.put_along_axis(rank, ranking, np.arange(ivf.nlist)[None, :], axis=1)
+    truth_rank = np.where(known, np.take_along_axis(rank, owner[at], axis=1), ivf.nlist)
+    slots = probe.k * int(valid.sum())
+    return {v: (int((truth_rank < v).sum()), slots) for v in values}
 
 
 @dataclass

@@ -11,6 +11,7 @@ from index.tuning import (
     RecallProbe,
     drop_self,
     exact_knn,
+    ivf_flat_predicted_hits,
     recall_at_k,
     recall_lower_bound,
     tune_queries_needed,
@@ -83,10 +84,11 @@ def test_tuning_reaches_the_target_with_the_smallest_grid_value(key: str, target
     grid = ann.spec.search_param_grid()
     smaller = [v for v in grid if v < res.value]
     slots = 10 * probe.n_valid
+    recall = {**res.predicted, **res.tried}  # IVF,Flat: every value predicted, the choice searched
     # every smaller value that was measured failed to certify the target (its lower bound is below it)
-    assert all(recall_lower_bound(round(res.tried[v] * slots), slots) < target for v in smaller if v in res.tried)
+    assert all(recall_lower_bound(round(recall[v] * slots), slots) < target for v in smaller if v in recall)
     if smaller:
-        assert smaller[-1] in res.tried
+        assert smaller[-1] in recall
     # the recall reported is the recall measured independently now
     assert probe.measure(ann) == pytest.approx(res.recall)
 
@@ -119,7 +121,8 @@ def test_a_point_estimate_at_the_target_is_not_enough_close_to_1() -> None:
     res = tune_search_param(ann, probe, target_recall=0.999)
     assert res.certified and res.recall_lower >= 0.999
     # some smaller value already had every neighbour of the 200 queries: the sample alone cannot vouch for it
-    assert any(r >= 0.999 for v, r in res.tried.items() if v < res.value)
+    assert any(r >= 0.999 for v, r in res.predicted.items() if v < res.value)
+    assert list(res.tried) == [res.value]  # predicted, then one search confirmed it
     # a target of 1 is certified by probing every list (exact), never by a sample
     exact = tune_search_param(ann, probe, target_recall=1.0)
     assert exact.value == 64 and exact.certified and exact.recall == 1.0
@@ -127,6 +130,27 @@ def test_a_point_estimate_at_the_target_is_not_enough_close_to_1() -> None:
     hnsw.add(xb, ids)
     res = tune_search_param(hnsw, probe, target_recall=1.0)
     assert not res.certified and (res.target_met or res.value == hnsw.spec.search_param_grid()[-1])
+
+
+def test_ivf_flat_recall_is_predicted_exactly_without_searching() -> None:
+    rng = np.random.default_rng(8)
+    xb = clustered(rng, 3000, centers=60, noise=0.5)
+    ids = rng.permutation(10**6)[:3000].astype(np.int64)
+    ann = AnnIndex.create(IndexSpec.parse("IVF48,Flat"), xb.shape[1])
+    ann.train(xb)
+    ann.add(xb, ids)
+    grid = ann.spec.search_param_grid()
+    for probe in (RecallProbe.create(xb, ids, np.arange(0, 3000, 7), k=10),
+                  RecallProbe.from_queries(xb, ids, clustered(rng, 300, centers=60, noise=0.5), k=10)):
+        predicted = ivf_flat_predicted_hits(ann, probe, grid)
+        assert predicted is not None and predicted[grid[0]][0] < predicted[grid[-1]][0]
+        for v in grid:
+            ann.set_search_param(v)
+            scores, found = probe.search(ann)
+            assert predicted[v] == probe.hits(found, scores), v
+    for key in ("HNSW16", "IVF16,SQ8", "Flat"):
+        other = AnnIndex.create(IndexSpec.parse(key), xb.shape[1])
+        assert ivf_flat_predicted_hits(other, probe, [1]) is None
 
 
 @pytest.mark.parametrize("key", ["IVF32,Flat", "OPQ8_16,IVF32,PQ8x4", "HNSW16"])
