@@ -146,10 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     p.add_argument("--n", type=int, default=None, help="database vectors (default 100000, quick 10000)")
     p.add_argument("--dim", type=int, default=None, help="dimension (default 1024, quick 128)")
-    p.add_argument("--queries", type=int, default=None, help="held-out evaluation queries (default 2000, quick 1000)")
+    p.add_argument("--queries", type=int, default=None, help="held-out evaluation queries (default 2000, quick 500)")
     p.add_argument("--tune-queries", type=int, default=None,
-                   help="queries (of their own) on which autofaiss's recall, the target, is measured (default 2000, quick 1000)")
-    p.add_argument("--qps-queries", type=int, default=None, help="evaluation queries timed for queries/s (default 1000, quick 300)")
+                   help="queries (of their own) on which autofaiss's recall, the target, is measured (default 2000, quick 500)")
+    p.add_argument("--qps-queries", type=int, default=None, help="evaluation queries timed for queries/s (default 1000, quick 200)")
     p.add_argument("--memory-budget", default="4G")
     p.add_argument("--target-recall", type=float, default=None,
                    help="force this target (default: autofaiss's recall on the tuning queries; 0.95 without autofaiss)")
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     n = args.n or (10_000 if args.quick else 100_000)
     d = args.dim or (128 if args.quick else 1024)
-    args.queries = args.queries or (1000 if args.quick else 2000)
-    args.tune_queries = args.tune_queries or (1000 if args.quick else 2000)
-    args.qps_queries = args.qps_queries or (300 if args.quick else 1000)
+    args.queries = args.queries or (500 if args.quick else 2000)
+    args.tune_queries = args.tune_queries or (500 if args.quick else 2000)
+    args.qps_queries = args.qps_queries or (200 if args.quick else 1000)
     k = 10
     n_centres = max(16, n // 50)
     xb, centres = clustered(n, d, n_centres, seed=0, noise=args.noise)
