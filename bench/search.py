@@ -5,7 +5,10 @@ A clustered "scene" of images (regions near concept prototypes in a joint space,
 image) is written to an ``ImageEmbeddingStore`` and indexed with ``index.build_indexes`` (automatic
 choice, tuned to the target recall). Queries name 2-4 concepts; a bag-of-words query encoder maps each
 token to its prototype plus noise. The re-ranker is the real SCAN code (``encoders.adapters.ScanReranker``,
-t2i, clipped_l2norm, lambda_softmax 9). For every query it compares the top-10 of ``Searcher.search``
+t2i, clipped_l2norm, lambda_softmax 9); the search re-ranks candidates in the order of its fused SCAN
+estimate (``ScanReranker.estimate``, from the MrSw cosines) unless ``--no-estimates``, and both sides
+score with ``ScanReranker.scores`` (no attention maps; the search asks for the maps of its 10 hits
+only). For every query it compares the top-10 of ``Searcher.search``
 with the top-10 of ``index.exhaustive_search`` (exact MrSw and SCAN on every image, same fusion), and
 the latencies of both with the region vectors already in memory (the algorithms), plus the two-stage
 latency when candidates come from storage: the index version's memory-mapped float16 region matrix
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="final score: SCAN only, BLIP-style weighted sum with MrSw/L (default), or MrSw only")
     p.add_argument("--agg", default="LogSumExp", choices=["LogSumExp", "Mean"], help="SCAN aggregation")
     p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--no-estimates", action="store_true", help="re-rank in MrSw order (no SCAN estimate)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from encoders.adapters import ScanReranker  # the real SCAN code; only the benchmark imports encoders
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {"n_images": n, "dim": dim, "queries": n_queries, "rerank_k": args.rerank_k,
                               "region_k": args.region_k, "global_k": args.global_k, "max_rerank_k": args.max_rerank_k,
                               "max_region_k": args.max_region_k,
-                              "fusion": args.fusion, "scan_agg": args.agg}
+                              "fusion": args.fusion, "scan_agg": args.agg, "estimates": not args.no_estimates}
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         store = ImageEmbeddingStore(Path(tmp) / "emb")
         with store.writer(encoder="bench-scene", encoder_hash="0", embed_dim=dim, rows_per_shard=2048) as w:
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         records = list(store.iter_records())
         memory = MemoryEmbeddings(records, store.root)
         kw = dict(rerank_k=args.rerank_k, max_rerank_k=max(args.max_rerank_k, args.rerank_k), fusion=args.fusion,
-                  region_k=args.region_k, max_region_k=max(args.max_region_k, args.region_k), global_k=args.global_k)
+                  region_k=args.region_k, max_region_k=max(args.max_region_k, args.region_k), global_k=args.global_k,
+                  use_estimates=not args.no_estimates)
         rr = reranker if args.fusion != "mrsw" else None
         # in memory: the records above, no region matrix (the algorithm alone)
         searcher = index.Searcher(Path(tmp) / "idx", memory, enc, rr, use_region_matrix=False, **kw)

@@ -216,6 +216,26 @@ class ScanReranker:
                                        raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,
                                        lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse)
 
+    def estimate_bound(self, query: QueryEmbedding, word_max: np.ndarray) -> np.ndarray | None:
+        """Upper bound of :meth:`estimate` for candidates whose best cosine with word j is at most
+        ``word_max[n, j]`` (t2i; ``None`` for i2t, whose aggregation runs over regions).
+
+        Each estimated relevance ``Σ_i α_ij s_ij`` is a convex combination of word j's cosines, so at
+        most their maximum; LogSumExp, Mean, Max and Sum are monotone, so the aggregate of the bounds
+        bounds the estimate. ``index`` prunes its first stage with it.
+        """
+        if self.direction != "t2i":
+            return None
+        m = np.asarray(word_max, dtype=np.float64)
+        if m.ndim != 2:
+            raise ValueError(f"word_max must be (N, L); got shape {tuple(m.shape)}")
+        if self.agg_func == "LogSumExp":
+            top = m.max(axis=1, keepdims=True) if m.shape[1] else np.zeros((m.shape[0], 1))
+            out = np.log(np.exp(self.lambda_lse * (m - top)).sum(axis=1)) / self.lambda_lse + top[:, 0]
+        else:
+            out = {"Mean": m.mean, "Max": m.max, "Sum": m.sum}[self.agg_func](axis=1)
+        return out.astype(np.float32)
+
 
 def stacked_score_estimates(
     sims: np.ndarray, counts: np.ndarray, *, direction: str, raw_feature_norm: str, agg_func: str,

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Alignment", "maxsim_candidates", "mrsw_align", "mrsw_align_stacked", "mrsw_from_sims", "word_region_sims"]
+__all__ = ["Alignment", "maxsim_candidates", "maxsim_word_bounds", "mrsw_align", "mrsw_align_stacked", "mrsw_from_sims", "word_region_sims"]
 
 
 @dataclass
@@ -134,7 +134,8 @@ def maxsim_candidates(
     For query word w the region index returned ``scores[w, j]`` for a region of item ``items[w, j]``.
     An item's bound is ``sum_w m_w(item)``, where ``m_w`` is the item's best retrieved similarity for w,
     or, when none of its regions was retrieved for w, the smallest similarity retrieved for w (no
-    unretrieved region can beat it under exact search). Any item never retrieved scores at most
+    unretrieved region can beat it under exact search), or -1 when w's row came back short of ``k``
+    (the index had nothing more to offer for w: a Flat index was exhausted, or an IVF index's probed lists). Any item never retrieved scores at most
     ``sum_w min_j scores[w, j]``, which is returned as the bound for everything outside the list.
 
     Args:
@@ -146,19 +147,37 @@ def maxsim_candidates(
     Returns:
         ``(item_ids int64[C], bounds float32[C], outside_bound)`` sorted by decreasing bound.
     """
+    ids, word_bounds, floor = maxsim_word_bounds(scores, items, clip_at_zero=clip_at_zero)
+    bound = word_bounds.sum(axis=1, dtype=np.float32)[:n_candidates]
+    return ids[:n_candidates], bound.astype(np.float32), float(floor.sum())
+
+
+def maxsim_word_bounds(
+    scores: np.ndarray, items: np.ndarray, *, clip_at_zero: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-word terms of :func:`maxsim_candidates`' bounds, for every retrieved item.
+
+    Returns:
+        ``(item_ids int64[U], word_bounds float32[U, L], floor float32[L])``: items sorted by decreasing
+        bound (the row sum); ``word_bounds[u, w]`` bounds the item's best similarity to word w from
+        above; ``floor[w]`` bounds it for any item never retrieved.
+    """
     valid = items >= 0
     floor = np.where(valid, scores, np.inf).min(axis=1)  # [L]
-    floor = np.where(np.isfinite(floor), floor, 0.0)
+    # A row with fewer results than asked for holds everything the index can offer for that word (all of
+    # a Flat index, every vector of the probed lists of an IVF index): nothing unretrieved is reachable,
+    # so its term is the cosine minimum, -1 (0 under the zero fill), not the last similarity retrieved.
+    floor = np.where(valid.all(axis=1) & np.isfinite(floor), floor, -1.0)
     if clip_at_zero:
         floor = np.maximum(floor, 0.0)
+    floor = floor.astype(np.float32)
     uniq, inverse = np.unique(items[valid], return_inverse=True)
     if uniq.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), float(floor.sum())
+        return np.zeros(0, np.int64), np.zeros((0, items.shape[0]), np.float32), floor
     word_of = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)[valid]
     best = np.tile(floor[None, :], (uniq.size, 1))  # [U, L]
     np.maximum.at(best, (inverse, word_of), scores[valid])
     if clip_at_zero:
         best = np.maximum(best, 0.0)
-    bound = best.sum(axis=1)
-    order = np.argsort(-bound, kind="stable")[:n_candidates]
-    return uniq[order].astype(np.int64), bound[order].astype(np.float32), float(floor.sum())
+    order = np.argsort(-best.sum(axis=1), kind="stable")
+    return uniq[order].astype(np.int64), best[order].astype(np.float32), floor

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_from_sims, word_region_sims
+from index.alignment import Alignment, maxsim_word_bounds, mrsw_align, mrsw_from_sims, word_region_sims
 from index.build import IndexHandle, open_index
 from index.spec import IndexSpec
 from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding
@@ -83,6 +83,12 @@ class ScoreEstimator(Protocol):
     one column per query word) and ``counts int[N]``, and returns ``float[N]``. The search re-ranks
     candidates in the order of the fused estimate instead of MrSw order (``encoders``' SCAN re-ranker
     implements it: SCAN with the attended vectors' norm taken as 1).
+
+    It may also offer ``estimate_bound(query, word_max) -> float[N] | None``: an upper bound of the
+    estimate of a candidate whose best cosine with word w is at most ``word_max[n, w]``. With it the
+    first stage scores a round's candidates best bound first and stops where no unscored candidate can
+    reach the ``depth``-th fused estimate (Fagin's threshold in the fused-estimate space), instead of
+    scoring the whole union.
     """
 
     def estimate(self, query: QueryEmbedding, sims: np.ndarray, counts: np.ndarray) -> np.ndarray: ...
@@ -405,6 +411,7 @@ class Searcher:
         self.estimator: ScoreEstimator | None = (
             reranker if use_estimates and fusion != "mrsw" and isinstance(reranker, ScoreEstimator) else None
         )
+        self._bounded = self.estimator is not None and callable(getattr(self.estimator, "estimate_bound", None))
         self.last_stats = SearchStats()
         self.caption_handle: IndexHandle | None = None
         self.captions = None
@@ -434,12 +441,35 @@ class Searcher:
             scores, items = fetched_scores[:, :region_k], fetched_items[:, :region_k]
         else:
             scores, items, _ = h.search_multi(words, region_k)
-        ids, bounds, outside = maxsim_candidates(scores, items, items.size, clip_at_zero=self.pad_regions_to is not None)
+        ids, word_bounds, floor = maxsim_word_bounds(scores, items, clip_at_zero=self.pad_regions_to is not None)
+        bounds = word_bounds.sum(axis=1, dtype=np.float32)
+        outside = float(floor.sum())
+        if state is not None:
+            state["round_outside_est"] = float(self._fused_bound(state["query"], floor[None], np.array([outside], np.float32))[0])
         if self.n_candidates is not None and len(ids) > self.n_candidates:
             outside = max(outside, float(bounds[self.n_candidates]))  # dropped images are bounded by their MaxSim bound
-            ids, bounds = ids[: self.n_candidates], bounds[: self.n_candidates]
+            if state is not None:
+                dropped = self._fused_bound(state["query"], word_bounds[self.n_candidates :], bounds[self.n_candidates :])
+                state["round_outside_est"] = max(state["round_outside_est"], float(dropped.max()))
+            ids, bounds, word_bounds = ids[: self.n_candidates], bounds[: self.n_candidates], word_bounds[: self.n_candidates]
         alive = h.idmap.alive[ids]
+        if state is not None:
+            state["round_word_bounds"] = word_bounds[alive]
         return ids[alive], bounds[alive], outside, int((items >= 0).sum())
+
+    def _fused_bound(self, query: QueryEmbedding, word_bounds: np.ndarray, mrsw_bounds: np.ndarray) -> np.ndarray:
+        """Upper bound of the fused estimate from per-word cosine bounds (``+inf`` without a bound)."""
+        est = None
+        if self._bounded:
+            est = self.estimator.estimate_bound(query, word_bounds)  # type: ignore[union-attr]
+        if est is None:
+            return np.full(len(mrsw_bounds), np.inf, np.float32)
+        return fuse_scores(mrsw_bounds, np.asarray(est, np.float32), word_bounds.shape[1], fusion=self.fusion,
+                           weight=self.fusion_weight)
+
+    def _gap_weight(self) -> float:
+        """How much a re-ranker score above its estimate moves the fused score (per unit)."""
+        return 1.0 if self.fusion == "scan" else self.fusion_weight
 
     def candidates(self, query: QueryEmbedding) -> dict[str, float]:
         """Stage 1 of one round at ``region_k`` (no deepening): ``image_id -> first-stage score``
@@ -484,11 +514,36 @@ class Searcher:
             self._score(pool, new[c0 : c0 + chunk], first_new[c0 : c0 + chunk], words, cache)
         return float("-inf")
 
+    def _score_bounded(
+        self, pool: _Pool, ids: np.ndarray, first: np.ndarray, word_bounds: np.ndarray, words: np.ndarray,
+        cache: dict[int, ImageEmbeddingRecord], depth: int, chunk: int = 256,
+    ) -> tuple[float, float]:
+        """:meth:`_score_new` with the threshold in fused-estimate space: the ids not in the pool are
+        scored best fused bound first until the next bound is below the pool's ``depth``-th fused
+        estimate. Returns ``(fused bound, MrSw bound)`` of the ids left unscored (``-inf``: none)."""
+        seen = np.array([int(i) in pool.pos for i in ids], dtype=bool)
+        pool.raise_first(ids[seen], first[seen])
+        new, first_new = ids[~seen], first[~seen]
+        upper = self._fused_bound(pool.query, word_bounds[~seen], first_new)
+        order = np.argsort(-upper, kind="stable")
+        new, first_new, upper = new[order], first_new[order], upper[order]
+        for c0 in range(0, len(new), chunk):
+            if c0 and upper[c0] < self._kth_fused_estimate(pool, depth):
+                return float(upper[c0]), float(first_new[c0:].max())
+            self._score(pool, new[c0 : c0 + chunk], first_new[c0 : c0 + chunk], words, cache)
+        return float("-inf"), float("-inf")
+
+    def _kth_fused_estimate(self, pool: _Pool, depth: int) -> float:
+        if len(pool.ids) < depth:
+            return float("-inf")
+        key = self._rerank_key(pool, pool.best_sim.shape[1])
+        return float(np.partition(key, len(key) - depth)[len(key) - depth])
+
     def _score(self, pool: _Pool, new: np.ndarray, first_new: np.ndarray, words: np.ndarray, cache: dict[int, ImageEmbeddingRecord]) -> None:
         if not new.size:
             return
         if self.regions is not None:
-            stacked, counts = self.regions.gather(new)
+            stacked, counts = self.regions.gather(new, float32=True)
         else:
             recs = self.embeddings.get([self.handle.idmap.image_id(int(i)) for i in new])
             cache.update(zip(new.tolist(), recs, strict=True))
@@ -513,12 +568,18 @@ class Searcher:
         if "region" not in self.handle.indexes or not words.shape[0]:
             return
         while True:
-            if state.get("round_ids") is not None:  # score what the last round offers down to the threshold
-                # with estimates the whole union is scored: a candidate low in MrSw may be high under the re-ranker
+            if state.get("round_ids") is not None and self._bounded:  # Fagin's threshold on the fused estimate
+                pruned_est, pruned = self._score_bounded(pool, state["round_ids"], state["round_bounds"],
+                                                         state["round_word_bounds"], words, cache, depth)
+                state["outside"] = max(state["round_outside"], pruned)
+                state["outside_est"] = max(state["round_outside_est"], pruned_est)
+            elif state.get("round_ids") is not None:  # score what the last round offers down to the threshold
+                # with estimates but no bound the whole union is scored: low in MrSw may be high under the re-ranker
                 prune = None if self.estimator is not None else depth
                 pruned = self._score_new(pool, state["round_ids"], state["round_bounds"], words, cache, prune)
                 state["outside"] = max(state["round_outside"], pruned)
-            if state["outside"] <= pool.kth_score(depth):
+            if (state["outside_est"] <= self._kth_fused_estimate(pool, depth)) if self._bounded else (
+                    state["outside"] <= pool.kth_score(depth)):
                 state["certified"] = True
                 return
             state["certified"] = False
@@ -547,8 +608,8 @@ class Searcher:
             raise ValueError(f"k must be positive; got {k}")
         words = np.asarray(query.word_embeddings, np.float32)
         pool, cache = _Pool(query, words.shape[0]), {}
-        state: dict[str, Any] = {"region_k": 0, "outside": float("inf"), "retrieved": -1, "exhausted": False,
-                                 "certified": False}
+        state: dict[str, Any] = {"region_k": 0, "outside": float("inf"), "outside_est": float("inf"), "retrieved": -1,
+                                 "exhausted": False, "certified": False, "query": query}
         g_ids, g_scores = self._global_candidates(query)
         self._score_new(pool, g_ids, g_scores, words, cache)
         depth = max(self.rerank_k, k) if self.reranker is not None else k
@@ -631,13 +692,19 @@ class Searcher:
             scan_done = np.concatenate(scan_parts)
             fused = fuse_scores(pool.scores[rows], scan_done, n_words, fusion=self.fusion, weight=self.fusion_weight)
             kth = np.sort(fused)[-k] if len(rows) >= k else -np.inf
+            reach_out = float("-inf")
             if self.estimator is not None:
                 gap = max(0.0, float(np.max(scan_done - pool.est[rows])))
                 optimistic = pool.est[rest] + gap
+                if self._bounded:  # candidates never scored: their fused-estimate bound plus the gap, or their
+                    # MrSw bound with the best score seen (MrSw order's rule), whichever is lower
+                    by_mrsw = fuse_scores(np.array([state["outside"]], np.float32), scan_done.max(keepdims=True), n_words,
+                                          fusion=self.fusion, weight=self.fusion_weight)[0]
+                    reach_out = min(state["outside_est"] + self._gap_weight() * gap, float(by_mrsw))
             else:
                 optimistic = np.full(rest.size, scan_done.max(), np.float32)
             reach = fuse_scores(pool.scores[rest], optimistic, n_words, fusion=self.fusion, weight=self.fusion_weight)
-            if float(reach.max()) < kth:  # no unseen candidate can enter the top k (under the heuristic)
+            if max(float(reach.max()), reach_out) < kth:  # no unseen candidate can enter the top k (under the heuristic)
                 break
             depth = min(depth + self.rerank_k, self.max_rerank_k)
             self._certify(pool, words, depth, state, cache)  # the pool may grow; rows keep their positions

@@ -181,3 +181,18 @@ def test_scan_reranker_scores_equal_rerank_scores_without_maps() -> None:
         full = rr.rerank(query, cands)
         np.testing.assert_array_equal(rr.scores(query, cands), full.scores)
         assert full.word_region_weights is not None and len(full.word_region_weights) == 3
+
+
+@pytest.mark.parametrize("agg", ["LogSumExp", "Mean", "Max", "Sum"])
+def test_scan_estimate_bound_bounds_the_estimate_from_per_word_maxima(agg: str) -> None:
+    rng = np.random.default_rng(11)
+    counts = np.array([4, 1, 9, 2])
+    sims = np.tanh(rng.standard_normal((int(counts.sum()), 3))).astype(np.float32)
+    query = QueryEmbedding(text="a b c", tokens=list("abc"), word_embeddings=np.eye(3, 8, dtype=np.float32), global_embedding=None)
+    rr = ScanReranker(agg_func=agg)
+    est = rr.estimate(query, sims, counts)
+    word_max = np.maximum.reduceat(sims, np.cumsum(counts) - counts, axis=0)
+    bound = rr.estimate_bound(query, word_max)
+    assert bound is not None and bound.shape == (4,)
+    assert bool((est <= bound + 1e-6).all())
+    assert ScanReranker(direction="i2t").estimate_bound(query, word_max) is None

@@ -122,6 +122,9 @@ class EstimatingScanReranker(NumpyScanReranker):
             out[i] = float((alpha * s).sum(axis=0).mean()) if c else 0.0
         return out
 
+    def estimate_bound(self, query: QueryEmbedding, word_max: np.ndarray) -> np.ndarray | None:
+        return np.asarray(word_max, np.float32).mean(axis=1)  # each relevance is a mean of its word's cosines
+
 
 def write_images(root: Path, records: list[ImageEmbeddingRecord]) -> ImageEmbeddingStore:
     store = ImageEmbeddingStore(root)

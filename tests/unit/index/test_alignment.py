@@ -81,7 +81,11 @@ def test_maxsim_candidates_handles_missing_results() -> None:
     ids, bounds, outside = maxsim_candidates(scores, items, 5)
     np.testing.assert_array_equal(ids, [4, 2])
     np.testing.assert_allclose(bounds, [0.9, 0.5])
-    assert outside == pytest.approx(0.5)
+    # the row came back short of k: the index has nothing more for this word, so nothing outside can score
+    assert outside == pytest.approx(-1.0)
+    assert maxsim_candidates(scores, items, 5, clip_at_zero=True)[2] == 0.0
+    full = np.array([[0.9, 0.5, 0.4]], np.float32), np.array([[4, 2, 7]])
+    assert maxsim_candidates(*full, 5)[2] == pytest.approx(0.4)  # a full row: its last similarity bounds the rest
     ids, _, _ = maxsim_candidates(scores, np.full((1, 3), -1), 5)
     assert ids.size == 0
 

@@ -33,7 +33,10 @@ def test_build_writes_a_region_matrix_equal_to_the_store(tmp_path: Path, image_s
     stacked, counts = h.regions.gather(h.idmap.lookup(ids))
     np.testing.assert_array_equal(stacked, np.concatenate([np.asarray(r.region_embeddings, np.float16) for r in store.get(ids)]))
     assert counts.tolist() == [r.num_regions for r in store.get(ids)]
-    assert isinstance(h.regions.vectors[0], np.memmap)
+    assert isinstance(h.regions.vectors[0].base, np.memmap)  # a plain view of the map: not read into memory
+    decoded, _ = h.regions.gather(h.idmap.lookup(ids), float32=True)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, stacked.astype(np.float32))
     with pytest.raises(KeyError, match="nope"):
         h.regions.get(["nope"])
 
