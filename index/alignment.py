@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Alignment", "maxsim_candidates", "maxsim_word_bounds", "mrsw_align", "mrsw_align_stacked", "mrsw_from_sims", "word_region_sims"]
+__all__ = ["Alignment", "decode_float16", "maxsim_candidates", "maxsim_word_bounds", "mrsw_align", "mrsw_align_stacked", "mrsw_from_sims", "word_region_sims"]
 
 
 @dataclass
@@ -93,7 +93,19 @@ def word_region_sims(words: np.ndarray, stacked: np.ndarray, counts: np.ndarray 
         raise ValueError(f"region vectors have dimension {stacked.shape[1]} but word vectors {words.shape[1]}")
     if not stacked.shape[0]:
         return np.zeros((0, words.shape[0]), np.float32)
-    return np.asarray(stacked, dtype=np.float32) @ words.T
+    return decode_float16(stacked) @ words.T
+
+
+def decode_float16(x: np.ndarray) -> np.ndarray:
+    """``float[n, E]`` as float32; float16 through faiss's SIMD scalar-quantizer decoder (about twice as
+    fast as numpy's cast, the same values)."""
+    if x.dtype != np.float16 or x.ndim != 2 or x.size == 0:
+        return np.asarray(x, dtype=np.float32)
+    from index._faiss import import_faiss
+
+    faiss = import_faiss()
+    x = np.ascontiguousarray(x)
+    return faiss.ScalarQuantizer(int(x.shape[1]), faiss.ScalarQuantizer.QT_fp16).decode(x.view(np.uint8))
 
 
 def mrsw_from_sims(sims: np.ndarray, counts: np.ndarray, *, pad_regions_to: int | None = None) -> Alignment:

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from index.alignment import decode_float16
 from storage.records import ImageEmbeddingRecord
 
 __all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "copy_segments", "write_segment"]
@@ -204,7 +205,7 @@ class RegionMatrix:
                 sel = np.flatnonzero(seg == s)
                 rows = _ranges(self.start[int_ids[sel]], counts[sel])
                 parts[_ranges(offset[sel], counts[sel])] = np.take(self.vectors[int(s)], rows, axis=0)
-        return (_decode_float16(parts) if float32 else parts), counts
+        return (decode_float16(parts) if float32 else parts), counts
 
     def records(self, int_ids: np.ndarray) -> list[ImageEmbeddingRecord]:
         """One :class:`ImageEmbeddingRecord` per int id (vectors copied out of the map, in one gather)."""
@@ -226,18 +227,6 @@ class RegionMatrix:
 
     def __len__(self) -> int:
         return int((self.segment >= 0).sum())
-
-
-def _decode_float16(x: np.ndarray) -> np.ndarray:
-    """float16 ``[n, E]`` -> float32, through faiss's SIMD float16 scalar quantizer decoder."""
-    if x.size == 0 or x.dtype != np.float16:
-        return np.asarray(x, dtype=np.float32)
-    from index._faiss import import_faiss
-
-    faiss = import_faiss()
-    x = np.ascontiguousarray(x)
-    sq = faiss.ScalarQuantizer(int(x.shape[1]), faiss.ScalarQuantizer.QT_fp16)
-    return sq.decode(x.view(np.uint8))
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
