@@ -7,6 +7,7 @@ Inner product throughout (regionrank's vectors are L2-normalised, so it is the c
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class AnnIndex:
         self._search_index = to_gpus(index, ngpu) if ngpu else index
         self.tombstones = np.unique(np.asarray(tombstones if tombstones is not None else [], dtype=np.int64))
         self._selector: Any = None
+        # IVF: the trained, empty index (serialised), to index a few new vectors apart (search_among)
+        self._trained: np.ndarray | None = None
+        self._trained_path: Path | None = None
         self.search_value: int | None = None
         if search_value is not None:
             self.set_search_param(search_value)
@@ -115,6 +119,8 @@ class AnnIndex:
             self._cpu = to_cpu(gpu)
         else:
             self._cpu.train(x)
+        if self._cpu.ntotal == 0:
+            self._trained = faiss.serialize_index(self._cpu)
         self._search_index = to_gpus(self._cpu, self._ngpu) if self._ngpu else self._cpu
         if self.search_value is not None:
             self.set_search_param(self.search_value)
@@ -195,10 +201,15 @@ class AnnIndex:
         old results with :meth:`search_among` the new ids (HNSW's graph changes with every add)."""
         return self.spec.family == "ivf"
 
-    def search_among(self, xq: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search_among(
+        self, xq: np.ndarray, k: int, ids: np.ndarray, vectors: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """k-NN restricted to ``ids``, with the current search parameter and the same scores as
-        :meth:`search` (IVF only; on the CPU index, through a faiss ``IDSelector``: the lists probed are
-        the same, only members are scored).
+        :meth:`search` (IVF only: the lists probed are the same, only members are scored).
+
+        With their ``vectors`` and the trained empty index kept since training, the members are indexed
+        apart with the same quantiser and codec and searched alone (cost: what they are); otherwise the
+        CPU index is searched through a faiss ``IDSelector`` (cost: scanning the probed lists).
 
         Raises:
             ValueError: the index is not IVF.
@@ -207,6 +218,12 @@ class AnnIndex:
         if self.spec.family != "ivf":
             raise ValueError(f"search_among needs an IVF index; {self.spec} is {self.spec.family}")
         xq = self._check(xq, "queries")
+        trained = self._trained_index() if vectors is not None else None
+        if trained is not None:
+            apart = AnnIndex(self.spec, self.dim, trained)
+            apart.add(vectors, ids)  # type: ignore[arg-type]
+            apart.set_search_param(int(self.search_value or 1))
+            return apart.search(xq, k)
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
         params = faiss.SearchParametersIVF(sel=sel, nprobe=int(self.search_value or 1))
         if self.spec.opq_m:  # the rotation wraps the IVF: its parameters go one level down
@@ -234,12 +251,24 @@ class AnnIndex:
         faiss.write_index(self._cpu, faiss.PyCallbackIOWriter(count))
         return total
 
+    def _trained_index(self) -> Any:
+        """A fresh trained, empty copy of this IVF index, or ``None`` when none was kept."""
+        faiss = import_faiss()
+        if self._trained is None and self._trained_path is not None:
+            self._trained = np.fromfile(self._trained_path, dtype=np.uint8)
+        return None if self._trained is None else faiss.deserialize_index(self._trained)
+
     def save(self, path: Path) -> None:
-        """Write the CPU index to ``path`` (tombstones are saved next to it as ``<path>.tombstones.npy``)."""
+        """Write the CPU index to ``path`` (tombstones are saved next to it as ``<path>.tombstones.npy``,
+        the trained empty IVF index as ``<path>.trained``)."""
         faiss = import_faiss()
         faiss.write_index(self._cpu, str(path))
         if len(self.tombstones):
             np.save(Path(str(path) + ".tombstones.npy"), self.tombstones)
+        if self._trained is not None:
+            self._trained.tofile(str(path) + ".trained")
+        elif self._trained_path is not None:
+            shutil.copyfile(self._trained_path, str(path) + ".trained")
 
     @classmethod
     def load(
@@ -255,7 +284,10 @@ class AnnIndex:
             index = faiss.read_index(str(path))
         tomb_path = Path(str(path) + ".tombstones.npy")
         tombstones = np.load(tomb_path) if tomb_path.is_file() else None
-        return cls(spec, dim, index, search_value=search_value, tombstones=tombstones, ngpu=ngpu)
+        ann = cls(spec, dim, index, search_value=search_value, tombstones=tombstones, ngpu=ngpu)
+        trained = Path(str(path) + ".trained")
+        ann._trained_path = trained if trained.is_file() else None  # read when first needed
+        return ann
 
     def _check(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.asarray(x)

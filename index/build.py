@@ -505,7 +505,7 @@ def _add_items(
                 x, ids = vecs.multi_matrix(), idmap.region_ids(int_ids)
             ann.add(x, ids)
             probes[kind].add(np.asarray(x, dtype=np.float32), ids)
-            changed[kind] = {"added": ids}
+            changed[kind] = {"added": ids, "added_vectors": x}
         skipped = len(item_ids) - len(new)
         event = f"add {len(vecs.item_ids)}" + (f" ({skipped} already indexed)" if skipped else "")
         return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu,

@@ -385,12 +385,16 @@ class RecallProbe:
         self.found_value = ann.search_value
         return self._recall()
 
-    def refresh(self, ann: AnnIndex, *, added: np.ndarray | None = None, removed: np.ndarray | None = None) -> float:
+    def refresh(
+        self, ann: AnnIndex, *, added: np.ndarray | None = None, removed: np.ndarray | None = None,
+        added_vectors: np.ndarray | None = None,
+    ) -> float:
         """Recall@k after ``added`` ids were added to (or ``removed`` ids removed from) ``ann``, exactly
         what :meth:`measure` would return, at the cost of the change rather than of every query.
 
         For IVF (:attr:`AnnIndex.deterministic_update`) a query's new results are its kept results
-        merged with its best among the added vectors (:meth:`AnnIndex.search_among`), and only queries
+        merged with its best among the added vectors (:meth:`AnnIndex.search_among`; pass their
+        ``added_vectors`` to index them apart instead of scanning the whole index), and only queries
         that lost a kept result to a removal are searched again. Other indexes, or a probe without kept
         results, are measured in full. Call after :meth:`add` / :meth:`remove` updated the ground truth.
         """
@@ -399,7 +403,7 @@ class RecallProbe:
             return self.measure(ann)
         assert self.found is not None and self.found_scores is not None
         if added is not None and len(added):
-            s, i = ann.search_among(self.queries, self.k + 1, np.asarray(added, dtype=np.int64))
+            s, i = ann.search_among(self.queries, self.k + 1, np.asarray(added, dtype=np.int64), added_vectors)
             self.found_scores, self.found = _merge_topk(self.found_scores, self.found, s, i, self.k + 1)
         if removed is not None and len(removed):
             stale = np.flatnonzero(np.isin(self.found, np.asarray(removed, dtype=np.int64)).any(axis=1))

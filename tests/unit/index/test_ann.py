@@ -84,6 +84,28 @@ def test_save_and_load_give_identical_results(tmp_path: Path, key: str, mmap: bo
     np.testing.assert_allclose(s1, s2)
 
 
+@pytest.mark.parametrize("key", ["IVF16,Flat", "IVF16,SQ8", "OPQ4_16,IVF16,PQ4x4"])
+def test_search_among_new_vectors_indexed_apart_equals_the_selector_search(tmp_path: Path, key: str) -> None:
+    x = data(5, n=2500)
+    ann = build(key, x[:2000], np.arange(2000), search_value=4)
+    new_ids = np.arange(2000, 2500) * 2
+    ann.add(x[2000:], new_ids)
+    ref = ann.search_among(x[:50], 6, new_ids)  # selector over the whole index
+    assert set(ref[1].ravel()) <= set(new_ids) | {-1}
+    ann.save(tmp_path / "i.faiss")
+    back = AnnIndex.load(tmp_path / "i.faiss", ann.spec, ann.dim, search_value=4, mmap=False)
+    back.save(tmp_path / "j.faiss")  # the trained copy travels with every save
+    again = AnnIndex.load(tmp_path / "j.faiss", ann.spec, ann.dim, search_value=4, mmap=False)
+    assert (tmp_path / "j.faiss.trained").is_file()
+    for a in (ann, back, again):
+        assert a._trained_index().ntotal == 0  # the trained, empty copy the new vectors go into
+        s, i = a.search_among(x[:50], 6, new_ids, x[2000:])
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_allclose(s, ref[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs an IVF index"):
+        build("HNSW16", x[:100], np.arange(100)).search_among(x[:5], 3, np.arange(5))
+
+
 def test_load_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.faiss"):
         AnnIndex.load(tmp_path / "nope.faiss", IndexSpec.parse("Flat"), 4, search_value=None)

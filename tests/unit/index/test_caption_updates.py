@@ -37,6 +37,7 @@ def test_add_then_remove_captions(tmp_path: Path, caption_store) -> None:
     assert word.n_at_train == m1.indexes["word"].n_vectors  # no retraining
     assert word.n_vectors == sum(len(r.tokens) for r in records)
     h = index.open_index(tmp_path / "cap")
+    assert (h.path / "word.faiss.trained").is_file()  # kept for the next update's exact refresh
     # the probe's recall was updated exactly: an independent measurement on the published index agrees
     assert RecallProbe.load(h.path / "word.probe.npz").measure(h.indexes["word"]) == pytest.approx(word.current_recall)
     for rec in records[300:320]:
