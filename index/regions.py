@@ -23,6 +23,7 @@ needs no rewrite: the id map's liveness decides what search returns.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -199,13 +200,25 @@ class RegionMatrix:
         if len(self.vectors) == 1:
             parts = np.take(self.vectors[0], _ranges(self.start[int_ids], counts), axis=0)
         else:
-            parts = np.empty((int(counts.sum()), self.dim), dtype=np.float16)
+            parts = np.empty((int(counts.sum()), self.dim), dtype=self.vectors[0].dtype)
             offset = np.concatenate([[0], np.cumsum(counts)])
             for s in np.unique(seg):
                 sel = np.flatnonzero(seg == s)
                 rows = _ranges(self.start[int_ids[sel]], counts[sel])
                 parts[_ranges(offset[sel], counts[sel])] = np.take(self.vectors[int(s)], rows, axis=0)
         return (decode_float16(parts) if float32 else parts), counts
+
+    def preloaded(self, chunk: int = 1 << 18) -> RegionMatrix:
+        """A copy whose vectors are decoded to float32 in RAM once (4 bytes x regions x E: 2.4 GB for
+        2.3M regions of 256-d), so gathers skip the per-query float16 decode; boxes stay mapped."""
+        out = copy.copy(self)
+        out.vectors = []
+        for v in self.vectors:
+            dense = np.empty(v.shape, np.float32)
+            for s0 in range(0, v.shape[0], chunk):
+                dense[s0 : s0 + chunk] = decode_float16(v[s0 : s0 + chunk])
+            out.vectors.append(dense)
+        return out
 
     def records(self, int_ids: np.ndarray) -> list[ImageEmbeddingRecord]:
         """One :class:`ImageEmbeddingRecord` per int id (vectors copied out of the map, in one gather)."""

@@ -343,6 +343,9 @@ class Searcher:
         pad_regions_to: TERAN's zero fill (see :func:`index.alignment.mrsw_align`); 36 follows the
             reference evaluation, ``None`` disables it.
         use_region_matrix: read candidates from the version's region matrix when it has one.
+        preload_regions: decode the region matrix into float32 RAM when the searcher opens (4 bytes
+            per region and dimension), so the second stage skips the per-query float16 decode; for a
+            long-lived search service with the memory to spare.
         use_estimates: when the re-ranker is also a :class:`ScoreEstimator`, estimate its score for
             every candidate from the MrSw cosines and re-rank in the order of the fused estimate (the
             union of each round is then scored whole, without MrSw threshold pruning, since a candidate
@@ -370,6 +373,7 @@ class Searcher:
         pad_regions_to: int | None = 36,
         use_region_matrix: bool = True,
         use_estimates: bool = True,
+        preload_regions: bool = False,
         caption_index_dir: str | Path | None = None,
         captions: Any = None,
         version: int | None = None,
@@ -405,6 +409,8 @@ class Searcher:
         self.fusion_weight = fusion_weight
         self.pad_regions_to = pad_regions_to
         self.regions = self.handle.regions if use_region_matrix else None
+        if preload_regions and self.regions is not None:
+            self.regions = self.regions.preloaded()
         region_info = self.handle.manifest.indexes.get("region")
         self._prefix_rounds = region_info is not None and IndexSpec.parse(region_info.spec).family in ("flat", "ivf")
         self._max_search_k = _GPU_MAX_K if ngpu else None  # faiss GPU k-selection stops at 2048

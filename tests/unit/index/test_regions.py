@@ -97,3 +97,17 @@ def test_a_version_without_a_matrix_falls_back_to_the_store_and_stays_without_on
     assert s.regions is None and len(s.search("c1 c5", 5)) == 5 and s.last_stats.source == "embeddings"
     index.add_images(idx, store, [r.image_id for r in extra])
     assert index.open_index(idx).regions is None  # never a matrix missing the older images
+
+
+def test_preloaded_region_matrix_gathers_the_same_vectors_in_float32(tmp_path: Path, image_store) -> None:
+    store, records = image_store
+    index.build_indexes(store, tmp_path / "idx")
+    h = index.open_index(tmp_path / "idx")
+    ram = h.regions.preloaded(chunk=100)
+    assert ram.vectors[0].dtype == np.float32 and not isinstance(ram.vectors[0].base, np.memmap)
+    ids = h.idmap.lookup([records[i].image_id for i in (3, 599, 0)])
+    mapped, counts = h.regions.gather(ids)
+    dense, counts2 = ram.gather(ids, float32=True)
+    np.testing.assert_array_equal(dense, mapped.astype(np.float32))
+    assert counts.tolist() == counts2.tolist()
+    assert h.regions.vectors[0].dtype == np.float16  # the original stays mapped

@@ -329,3 +329,15 @@ def test_estimate_bound_prunes_the_first_stage_without_changing_results(built, s
         scored_b += len(st.candidate_ids)
         scored_u += len(unbounded.last_stats.candidate_ids)
     assert scored_b < 0.8 * scored_u, (scored_b, scored_u)
+
+
+def test_preloaded_regions_give_the_same_hits(built, scene: Scene) -> None:
+    idx, store, _ = built
+    enc = BagOfWordsEncoder(scene.prototypes)
+    mapped = index.Searcher(idx, store, enc, EstimatingScanReranker(), rerank_k=20)
+    ram = index.Searcher(idx, store, enc, EstimatingScanReranker(), rerank_k=20, preload_regions=True)
+    assert ram.regions is not None and ram.regions.vectors[0].dtype == np.float32
+    for q in QUERIES:
+        a, b = mapped.search(q, 10), ram.search(q, 10)
+        assert [h.image_id for h in a] == [h.image_id for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
