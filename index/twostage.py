@@ -8,6 +8,7 @@ fused score) and image-to-text search over an indexed caption corpus.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,6 +420,7 @@ class Searcher:
         )
         self._bounded = self.estimator is not None and callable(getattr(self.estimator, "estimate_bound", None))
         self.last_stats = SearchStats()
+        self._global_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.caption_handle: IndexHandle | None = None
         self.captions = None
         if caption_index_dir is not None:
@@ -490,9 +492,17 @@ class Searcher:
             out[image_id] = max(out.get(image_id, -np.inf), float(s))
         return out
 
+    def _uses_global(self, query: QueryEmbedding) -> bool:
+        return "global" in self.handle.indexes and bool(self.global_k) and query.global_embedding is not None
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._global_executor is None:
+            self._global_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="global-search")
+        return self._global_executor
+
     def _global_candidates(self, query: QueryEmbedding) -> tuple[np.ndarray, np.ndarray]:
         h = self.handle
-        if "global" not in h.indexes or not self.global_k or query.global_embedding is None:
+        if not self._uses_global(query):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scores_g, ids_g = h.search_global(np.asarray(query.global_embedding, np.float32)[None], self.global_k)
         ids = h.idmap.lookup(ids_g[0])
@@ -616,10 +626,18 @@ class Searcher:
         pool, cache = _Pool(query, words.shape[0]), {}
         state: dict[str, Any] = {"region_k": 0, "outside": float("inf"), "outside_est": float("inf"), "retrieved": -1,
                                  "exhausted": False, "certified": False, "query": query}
-        g_ids, g_scores = self._global_candidates(query)
-        self._score_new(pool, g_ids, g_scores, words, cache)
         depth = max(self.rerank_k, k) if self.reranker is not None else k
-        self._certify(pool, words, depth, state, cache)
+        # the global search (one query: one thread in faiss) runs beside the region rounds (faiss and
+        # numpy release the GIL); its candidates join the pool after, which can only raise the threshold
+        if "region" in self.handle.indexes and words.shape[0] and self._uses_global(query):
+            future = self._executor().submit(self._global_candidates, query)
+            self._certify(pool, words, depth, state, cache)
+            g_ids, g_scores = future.result()
+            self._score_new(pool, g_ids, g_scores, words, cache)
+        else:
+            g_ids, g_scores = self._global_candidates(query)
+            self._score_new(pool, g_ids, g_scores, words, cache)
+            self._certify(pool, words, depth, state, cache)
         stats = SearchStats(source="region_matrix" if self.regions is not None else "embeddings")
         self.last_stats = stats
         if not len(pool.ids):
