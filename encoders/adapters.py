@@ -196,9 +196,11 @@ class ScanReranker:
 
         ``index``'s two-stage search already holds, for exact MrSw, the cosine of every query word with
         every region of its candidates; from those this returns :func:`encoders.scan.xattn_score_estimates`
-        (SCAN with the attended vectors' norm taken as 1), which ranks candidates for re-ranking far
-        closer to SCAN than MrSw does (an image with several instances of a word's concept gains under
-        SCAN's attention, not under MrSw's max).
+        (SCAN with the attended vectors' norm taken as 1, computed by :func:`stacked_score_estimates`).
+        It keeps SCAN's attention weights and aggregation (LogSumExp favours one strongly matched word,
+        where MrSw sums every word's best match), so it orders candidates for re-ranking closer to SCAN
+        than MrSw does. It does not see the norm: SCAN's gain for an image whose attention averages
+        several noisy instances of a concept is missed (the search's stop rule allows for that gap).
 
         Args:
             query: the query (only its word count is used).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
@@ -186,20 +187,21 @@ def rerank_scores(
     scores), else ``rerank(...)`` (scores and maps)."""
     scores_only = getattr(reranker, "scores", None)
     if callable(scores_only):
-        scores = np.asarray(scores_only(query, candidates), dtype=np.float32)
-        if scores.shape != (len(candidates),):
-            raise ValueError(f"reranker returned scores of shape {tuple(scores.shape)} for {len(candidates)} candidates; "
-                             f"expected ({len(candidates)},)")
-        return scores, None
+        return _check_scores(scores_only(query, candidates), len(candidates)), None
     out = reranker.rerank(query, candidates)
     scores = _check_rerank(out, len(candidates), np.shape(query.word_embeddings)[0], candidates)
     return scores, None if out.word_region_weights is None else list(out.word_region_weights)
 
 
-def _check_rerank(out: RerankOutput, n: int, n_words: int, records: Sequence[ImageEmbeddingRecord]) -> np.ndarray:
-    scores = np.asarray(out.scores, dtype=np.float32)
+def _check_scores(scores: Any, n: int) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float32)
     if scores.shape != (n,):
         raise ValueError(f"reranker returned scores of shape {tuple(scores.shape)} for {n} candidates; expected ({n},)")
+    return scores
+
+
+def _check_rerank(out: RerankOutput, n: int, n_words: int, records: Sequence[ImageEmbeddingRecord]) -> np.ndarray:
+    scores = _check_scores(out.scores, n)
     if out.word_region_weights is not None:
         if len(out.word_region_weights) != n:
             raise ValueError(f"reranker returned {len(out.word_region_weights)} weight matrices for {n} candidates")
@@ -296,6 +298,13 @@ class _Pool:
         if est.shape != (len(ids),):
             raise ValueError(f"the re-ranker's estimate has shape {tuple(est.shape)} for {len(ids)} candidates; expected ({len(ids)},)")
         self.est = np.concatenate([self.est, est])
+
+    def split_new(self, ids: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raise the first-stage score of the ids already pooled; return ``(new ids, their first-stage
+        scores, the mask of new ids in ids)``."""
+        is_new = np.array([int(i) not in self.pos for i in ids], dtype=bool)
+        self.raise_first(ids[~is_new], first[~is_new])
+        return ids[is_new], first[is_new], is_new
 
     def raise_first(self, ids: np.ndarray, first: np.ndarray) -> None:
         rows = np.array([self.pos[int(i)] for i in ids], dtype=np.int64)
@@ -498,6 +507,7 @@ class Searcher:
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._global_executor is None:
             self._global_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="global-search")
+            weakref.finalize(self, self._global_executor.shutdown, wait=False)  # no thread outlives its searcher
         return self._global_executor
 
     def _global_candidates(self, query: QueryEmbedding) -> tuple[np.ndarray, np.ndarray]:
@@ -518,9 +528,7 @@ class Searcher:
         next bound falls below the pool's ``depth``-th exact score (Fagin's threshold: none of the rest
         can enter the top ``depth``); returns that next bound (``-inf`` when every id was scored).
         """
-        seen = np.array([int(i) in pool.pos for i in ids], dtype=bool)
-        pool.raise_first(ids[seen], first[seen])
-        new, first_new = ids[~seen], first[~seen]
+        new, first_new, _ = pool.split_new(ids, first)
         if depth is None:
             self._score(pool, new, first_new, words, cache)
             return float("-inf")
@@ -537,10 +545,8 @@ class Searcher:
         """:meth:`_score_new` with the threshold in fused-estimate space: the ids not in the pool are
         scored best fused bound first until the next bound is below the pool's ``depth``-th fused
         estimate. Returns ``(fused bound, MrSw bound)`` of the ids left unscored (``-inf``: none)."""
-        seen = np.array([int(i) in pool.pos for i in ids], dtype=bool)
-        pool.raise_first(ids[seen], first[seen])
-        new, first_new = ids[~seen], first[~seen]
-        upper = self._fused_bound(pool.query, word_bounds[~seen], first_new)
+        new, first_new, is_new = pool.split_new(ids, first)
+        upper = self._fused_bound(pool.query, word_bounds[is_new], first_new)
         order = np.argsort(-upper, kind="stable")
         new, first_new, upper = new[order], first_new[order], upper[order]
         for c0 in range(0, len(new), chunk):
