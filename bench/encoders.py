@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.losses import contrastive_loss  # noqa: E402
-from encoders.scan import MeanPoolBaseline, ScanModel, l2norm, xattn_scores  # noqa: E402
+from regionrank.encoders.losses import contrastive_loss  # noqa: E402
+from regionrank.encoders.scan import MeanPoolBaseline, ScanModel, l2norm, xattn_scores  # noqa: E402
 
 LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
 
@@ -163,7 +163,7 @@ def bench_scan_scoring(n_image: int, n_caption: int, n_pair_image: int, n_pair_c
 
 
 def _region_records(n: int) -> list[Any]:
-    from storage import RegionRecord
+    from regionrank.storage import RegionRecord
 
     rng = np.random.default_rng(0)
     recs = []
@@ -178,9 +178,9 @@ def _region_records(n: int) -> list[Any]:
 def bench_teran_encoding(n_images: int, n_captions: int) -> dict[str, Any]:
     out: dict[str, Any] = {"teran_images_per_s": None, "teran_captions_per_s": None}
     try:
-        from encoders.embed import encode_region_records, encode_texts
-        from encoders.synthetic import make_compositional_dataset
-        from encoders.teran import create_encoder
+        from regionrank.encoders.embed import encode_region_records, encode_texts
+        from regionrank.encoders.synthetic import make_compositional_dataset
+        from regionrank.encoders.teran import create_encoder
 
         torch.manual_seed(0)
         model = create_encoder("teran-coco").eval()
@@ -237,8 +237,8 @@ def bench_train_step(batch: int, steps: int) -> dict[str, Any]:
 
 
 def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> dict[str, Any]:
-    from encoders.synthetic import binding_ceiling, make_compositional_dataset, twin_accuracy, write_to_store
-    from encoders.training import train
+    from regionrank.encoders.synthetic import binding_ceiling, make_compositional_dataset, twin_accuracy, write_to_store
+    from regionrank.encoders.training import train
 
     work = Path(tempfile.mkdtemp(prefix="regionrank-bench-encoders-"))
     tr = make_compositional_dataset(n_train, feature_dim=feature_dim, seed=0)
@@ -256,7 +256,7 @@ def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> 
         report = train({"kind": kind, "name": f"bench-{kind}", **arch}, work / "regions", caps_tr + caps_te,
                        work / f"out-{kind}", epochs=epochs, val_split="test", val_max_images=n_test,
                        progress=lambda rep, c=curve: c.append({"epoch": rep.epoch, "loss": rep.loss, **(rep.val or {})}))
-        from encoders.checkpoint import load_model
+        from regionrank.encoders.checkpoint import load_model
 
         model = load_model(report.checkpoint).eval()
         with torch.no_grad():

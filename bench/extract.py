@@ -36,8 +36,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extractors import decode_image, extract, get_detector, list_images  # noqa: E402
-from extractors.detector import Detector, PreparedImage  # noqa: E402
+from regionrank.extractors import decode_image, extract, get_detector, list_images  # noqa: E402
+from regionrank.extractors.detector import Detector, PreparedImage  # noqa: E402
 
 QUICK_BUTD = {"blocks": (1, 1, 1, 1), "min_size": 224, "max_size": 384, "rpn_post_nms_top_n": 50, "roi_pool_size": 7}
 QUICK_FRCNN = {"min_size": 224, "max_size": 384}

@@ -97,7 +97,7 @@ def _api(server: str | None, work: Path) -> Iterator[str]:
     if not server:
         yield "embedded (ephemeral API server, SQLite)"
         return
-    from flows.server import start_local_server
+    from regionrank.flows.server import start_local_server
 
     url = None if server == "sqlite" else server
     srv = start_local_server(work / "server", database_url=url, timeout=240)
@@ -133,15 +133,15 @@ def main() -> None:
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="regionrank-bench-flows-"))
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
-    from flows.runtime import configure_prefect_env
+    from regionrank.flows.runtime import configure_prefect_env
 
     configure_prefect_env(work)
-    from flows import components
-    from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
-    from flows.extract import extract_regions_flow
-    from flows.pipeline import index_images_flow, reindex_flow
-    from flows.runtime import fast_flow_settings
-    from flows.tasks import chunks, encode_shard_task, extract_shard_task, update_index_task
+    from regionrank.flows import components
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
+    from regionrank.flows.extract import extract_regions_flow
+    from regionrank.flows.pipeline import index_images_flow, reindex_flow
+    from regionrank.flows.runtime import fast_flow_settings
+    from regionrank.flows.tasks import chunks, encode_shard_task, extract_shard_task, update_index_task
 
     try:
         t_prep = time.perf_counter()
@@ -155,7 +155,7 @@ def main() -> None:
             return PipelineConfig(images=[Path(p) for p in imgs], workspace=ws, extract=ext, encode=enc)
 
         def direct_calls(ws: Workspace) -> dict[str, float]:
-            from storage import RegionStore
+            from regionrank.storage import RegionStore
 
             t0 = time.perf_counter()
             for part in chunks(base, per_shard):

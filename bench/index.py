@@ -36,11 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import index  # noqa: E402
-from index._faiss import import_faiss  # noqa: E402
-from index.tuning import count_hits, exact_knn, recall_at_k  # noqa: E402
-from storage import ImageEmbeddingStore  # noqa: E402
-from storage.records import ImageEmbeddingRecord  # noqa: E402
+from regionrank import index  # noqa: E402
+from regionrank.index._faiss import import_faiss  # noqa: E402
+from regionrank.index.tuning import count_hits, exact_knn, recall_at_k  # noqa: E402
+from regionrank.storage import ImageEmbeddingStore  # noqa: E402
+from regionrank.storage.records import ImageEmbeddingRecord  # noqa: E402
 
 
 def clustered(n: int, d: int, n_centres: int, seed: int, noise: float = 0.6, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

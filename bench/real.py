@@ -80,9 +80,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.evaluation import i2t, t2i  # noqa: E402
-from storage import RegionStore, read_karpathy_json  # noqa: E402
-from storage.records import Caption, ImageEmbeddingRecord, RegionRecord  # noqa: E402
+from regionrank.encoders.evaluation import i2t, t2i  # noqa: E402
+from regionrank.storage import RegionStore, read_karpathy_json  # noqa: E402
+from regionrank.storage.records import Caption, ImageEmbeddingRecord, RegionRecord  # noqa: E402
 
 DETECTOR = "ssd-mobilenet-coco"
 MODES = ("grounded", "grounded_scan", "labelbag")
@@ -156,7 +156,7 @@ def extract_regions(ds: Dataset, store_dir: Path, *, device: str, num_workers: i
         ``extract`` run, model loading excluded; ``None`` when every image was already stored),
         ``load_s``, ``extract_s``, ``n_extracted``, ``stage_seconds``.
     """
-    from extractors import extract, get_detector
+    from regionrank.extractors import extract, get_detector
 
     t0 = time.perf_counter()
     det = get_detector(DETECTOR, device=device)
@@ -198,7 +198,7 @@ def grounded_query_words(encoder: Any, text: str, *, normalize: bool = True, min
     and verb words that no detector label names); a query left without words keeps them all. 0 keeps
     every word (the encoder's own ``query_words``).
     """
-    from encoders.labelbag import normalize_query_text
+    from regionrank.encoders.labelbag import normalize_query_text
 
     words = encoder.query_words(normalize_query_text(text, encoder.label_names.values()) if normalize else text)
     if min_label_cos <= 0 or not words:
@@ -250,8 +250,8 @@ def grounded_scores(
         with_scan: compute the SCAN matrix (else ``scan`` is all zeros).
         scan_options: ``xattn_scores`` options (default: ``ScanReranker``'s, SCAN t-i LSE).
     """
-    from encoders.scan import xattn_scores
-    from encoders.teran import alignment_scores
+    from regionrank.encoders.scan import xattn_scores
+    from regionrank.encoders.teran import alignment_scores
 
     queries = [np.asarray(q, np.float32) for q in queries]
     dim = encoder.embed_dim
@@ -278,7 +278,7 @@ def grounded_scores(
 
 def fuse(gs: GroundedScores, fusion: str, weight: float) -> np.ndarray:
     """``index.twostage.fuse_scores`` applied to every caption column (``float32[n_image, n_caption]``)."""
-    from index.twostage import fuse_scores
+    from regionrank.index.twostage import fuse_scores
 
     out = np.empty_like(gs.mrsw)
     for c in range(gs.mrsw.shape[1]):
@@ -342,8 +342,8 @@ def teran_sanity(store_dir: Path, captions: Sequence[Caption], out_dir: Path, *,
         ``before`` / ``after`` (t2i and i2t R@1/5/10 in percent on ``test``), ``curve`` (per epoch: loss,
         val t2i R@1/R@5), ``train_pairs``, ``seconds``.
     """
-    from encoders.teran import create_encoder, load_teran_cfg
-    from encoders.training import evaluate, train
+    from regionrank.encoders.teran import create_encoder, load_teran_cfg
+    from regionrank.encoders.training import evaluate, train
 
     cfg = load_teran_cfg("teran-tiny").replace(feature_dim=1280)
     t0 = time.perf_counter()
@@ -385,10 +385,10 @@ def run(
     batch_size: int = 4,
 ) -> dict[str, Any]:
     """The whole evaluation; returns the summary (see the module docstring)."""
-    from encoders.grounded import GroundedEncoder
-    from encoders.labelbag import LabelBagEncoder
-    from encoders.text import load_text_model
-    from extractors.labels import coco_label_names
+    from regionrank.encoders.grounded import GroundedEncoder
+    from regionrank.encoders.labelbag import LabelBagEncoder
+    from regionrank.encoders.text import load_text_model
+    from regionrank.extractors.labels import coco_label_names
 
     n_images = n_images if n_images is not None else (QUICK_IMAGES if quick else None)
     ds = load_dataset(data, n_images=n_images)

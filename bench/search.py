@@ -40,9 +40,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import index  # noqa: E402
-from storage import ImageEmbeddingStore  # noqa: E402
-from storage.records import ImageEmbeddingRecord, QueryEmbedding  # noqa: E402
+from regionrank import index  # noqa: E402
+from regionrank.storage import ImageEmbeddingStore  # noqa: E402
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-estimates", action="store_true", help="re-rank in MrSw order (no SCAN estimate)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from encoders.adapters import ScanReranker  # the real SCAN code; only the benchmark imports encoders
+    from regionrank.encoders.adapters import ScanReranker  # the real SCAN code; only the benchmark imports encoders
 
     n = args.n or (2000 if args.quick else 10_000)
     dim = args.dim or (64 if args.quick else 256)

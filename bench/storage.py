@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import RegionRecord, RegionStore  # noqa: E402
+from regionrank.storage import RegionRecord, RegionStore  # noqa: E402
 
 
 def make_records(n: int, regions: int, dim: int, dense: bool, seed: int = 0):

@@ -15,21 +15,21 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "create_encoder": "encoders.teran",
-    "list_models": "encoders.teran",
-    "alignment_scores": "encoders.teran",
-    "TeranCfg": "encoders.teran",
-    "TeranModel": "encoders.teran",
-    "train": "encoders.training",
-    "evaluate": "encoders.training",
-    "encode_images": "encoders.embed",
-    "encode_captions": "encoders.embed",
-    "load_model": "encoders.checkpoint",
-    "save_checkpoint": "encoders.checkpoint",
-    "GroundedEncoder": "encoders.grounded",
-    "TeranQueryEncoder": "encoders.adapters",
-    "GroundedQueryEncoder": "encoders.adapters",
-    "ScanReranker": "encoders.adapters",
+    "create_encoder": "regionrank.encoders.teran",
+    "list_models": "regionrank.encoders.teran",
+    "alignment_scores": "regionrank.encoders.teran",
+    "TeranCfg": "regionrank.encoders.teran",
+    "TeranModel": "regionrank.encoders.teran",
+    "train": "regionrank.encoders.training",
+    "evaluate": "regionrank.encoders.training",
+    "encode_images": "regionrank.encoders.embed",
+    "encode_captions": "regionrank.encoders.embed",
+    "load_model": "regionrank.encoders.checkpoint",
+    "save_checkpoint": "regionrank.encoders.checkpoint",
+    "GroundedEncoder": "regionrank.encoders.grounded",
+    "TeranQueryEncoder": "regionrank.encoders.adapters",
+    "GroundedQueryEncoder": "regionrank.encoders.adapters",
+    "ScanReranker": "regionrank.encoders.adapters",
 }
 
 __all__ = sorted(_LAZY)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.embed import encode_texts
-from storage.records import ImageEmbeddingRecord, QueryEmbedding
+from regionrank.encoders.embed import encode_texts
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
 __all__ = ["GroundedQueryEncoder", "RerankResult", "ScanReranker", "TeranQueryEncoder"]
 
@@ -38,7 +38,7 @@ class TeranQueryEncoder:
     """
 
     def __init__(self, model: Any, *, device: torch.device | str = "cpu") -> None:
-        from encoders.embed import resolve_model
+        from regionrank.encoders.embed import resolve_model
 
         self.model = resolve_model(model, device=device).eval()
         if getattr(self.model, "kind", None) != "teran":
@@ -121,7 +121,7 @@ class ScanReranker:
         device: torch.device | str = "cpu",
         max_candidates_per_chunk: int = 256,
     ) -> None:
-        from encoders.scan import xattn_scores
+        from regionrank.encoders.scan import xattn_scores
 
         # Validate the options once, on a dummy pair, so a typo fails at construction time.
         one = torch.ones(1, 1, 1)
@@ -151,7 +151,7 @@ class ScanReranker:
         return self._run(query, candidates, with_weights=False).scores
 
     def _run(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord], *, with_weights: bool) -> RerankResult:
-        from encoders.scan import xattn_i2t_attention, xattn_scores, xattn_t2i_attention
+        from regionrank.encoders.scan import xattn_i2t_attention, xattn_scores, xattn_t2i_attention
 
         words_np = np.asarray(query.word_embeddings, dtype=np.float32)
         n_words, dim = words_np.shape

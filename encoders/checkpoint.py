@@ -57,7 +57,7 @@ def model_kind(model: nn.Module) -> str:
     """``"teran"``, ``"scan"`` or ``"scan-meanpool"``; TypeError for any other module."""
     if getattr(model, "kind", None) == "teran":
         return "teran"
-    from encoders.scan import MeanPoolBaseline, ScanModel
+    from regionrank.encoders.scan import MeanPoolBaseline, ScanModel
 
     if isinstance(model, MeanPoolBaseline):
         return "scan-meanpool"
@@ -229,8 +229,8 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
 def _build_teran(config: Mapping[str, Any], folder: Path, text_model_path: str | Path | None) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
-    from encoders.teran import TeranCfg, TeranModel
-    from encoders.text import load_tokenizer
+    from regionrank.encoders.teran import TeranCfg, TeranModel
+    from regionrank.encoders.text import load_tokenizer
 
     data = dict(config)
     pooler = bool(data.pop("_text_pooler", True))
@@ -243,8 +243,8 @@ def _build_teran(config: Mapping[str, Any], folder: Path, text_model_path: str |
 
 
 def _build_scan(kind: str, config: Mapping[str, Any], folder: Path) -> nn.Module:
-    from encoders.scan import MeanPoolBaseline, ScanModel
-    from encoders.vocab import Vocabulary
+    from regionrank.encoders.scan import MeanPoolBaseline, ScanModel
+    from regionrank.encoders.vocab import Vocabulary
 
     cls = MeanPoolBaseline if kind == "scan-meanpool" else ScanModel
     model = cls(**dict(config))

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.checkpoint import model_hash, model_kind
-from storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
-from storage.records import Caption, CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
+from regionrank.encoders.checkpoint import model_hash, model_kind
+from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
+from regionrank.storage.records import Caption, CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
 
 __all__ = [
     "EmbedReport",
@@ -83,7 +83,7 @@ def resolve_model(checkpoint_or_model: nn.Module | str | os.PathLike[str], *, de
     """A model object as is (moved to ``device``), or the model of a checkpoint folder."""
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model.to(device)
-    from encoders.checkpoint import load_model
+    from regionrank.encoders.checkpoint import load_model
 
     return load_model(Path(checkpoint_or_model), device=device)
 
@@ -105,7 +105,7 @@ def encode_region_records(
     Returns:
         One :class:`EncodedImage` per record, with exactly ``record.num_regions`` region rows.
     """
-    from encoders.teran import region_batch
+    from regionrank.encoders.teran import region_batch
 
     kind = model_kind(model)
     was_training = model.training

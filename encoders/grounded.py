@@ -59,11 +59,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from encoders.checkpoint import update_with_weights
-from encoders.embed import EmbedReport
-from encoders.text import STOP_WORDS, embed_words, load_text_model, split_words, tokenize
-from storage import ImageEmbeddingStore, RegionStore
-from storage.records import ImageEmbeddingRecord, QueryEmbedding, RegionRecord
+from regionrank.encoders.checkpoint import update_with_weights
+from regionrank.encoders.embed import EmbedReport
+from regionrank.encoders.text import STOP_WORDS, embed_words, load_text_model, split_words, tokenize
+from regionrank.storage import ImageEmbeddingStore, RegionStore
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding, RegionRecord
 
 __all__ = ["GroundedEncoder"]
 
@@ -187,14 +187,14 @@ class GroundedEncoder:
     @torch.no_grad()
     def sentence_embeddings(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """``float32[n, H]`` sentence vectors: mean of all token states (attention-masked), L2-normalised."""
-        from encoders.labelbag import sentence_embeddings
+        from regionrank.encoders.labelbag import sentence_embeddings
 
         return sentence_embeddings(self.tokenizer, self.text_model, texts, batch_size=batch_size, device=self.device)
 
     @staticmethod
     def label_bag_text(labels: Sequence[str]) -> str:
         """``"a photo of 2 person, 1 dog"``: label counts, most frequent first, then alphabetical."""
-        from encoders.labelbag import label_bag_text
+        from regionrank.encoders.labelbag import label_bag_text
 
         return label_bag_text(labels)
 
@@ -222,7 +222,7 @@ class GroundedEncoder:
             within :func:`encoders.labelbag.natural_bag_text`'s sentence, and the sentence's own unit vector
             (mean of all its token states, ``[CLS]``/``[SEP]`` included, as sentence-transformers pools).
         """
-        from encoders.labelbag import natural_bag_text
+        from regionrank.encoders.labelbag import natural_bag_text
 
         text, spans = natural_bag_text(labels)
         if text not in self._bag_cache:
@@ -281,7 +281,7 @@ class GroundedEncoder:
         if self.contextual:
             return [w for w, _ in self._contextual_words(text)[0]]
         if self.normalize_queries:
-            from encoders.labelbag import normalize_query_text
+            from regionrank.encoders.labelbag import normalize_query_text
 
             text = normalize_query_text(text, self.label_names.values())
         words = split_words(text)
@@ -356,7 +356,7 @@ class GroundedEncoder:
         Raises:
             ValueError: ``out`` holds ids written by another encoder; a record without usable labels.
         """
-        from encoders.embed import check_store_owner, write_in_batches
+        from regionrank.encoders.embed import check_store_owner, write_in_batches
 
         start = time.perf_counter()
         regions = region_store if isinstance(region_store, RegionStore) else RegionStore(Path(region_store))

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.text import load_text_model, split_words, tokenize
-from storage.records import RegionRecord
+from regionrank.encoders.text import load_text_model, split_words, tokenize
+from regionrank.storage.records import RegionRecord
 
 __all__ = [
     "COCO_SYNONYMS",

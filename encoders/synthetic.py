@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage import Caption, RegionRecord, RegionStore, external_image_id, write_caption_table
+from regionrank.storage import Caption, RegionRecord, RegionStore, external_image_id, write_caption_table
 
 __all__ = [
     "ATTRIBUTE_NAMES",

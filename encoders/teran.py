@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.text import (
+from regionrank.encoders.text import (
     TokenizedBatch,
     build_random_text_model,
     default_text_model_path,
@@ -37,7 +37,7 @@ from encoders.text import (
     load_text_model,
     tokenize,
 )
-from storage.records import RegionRecord
+from regionrank.storage.records import RegionRecord
 
 __all__ = [
     "POOLINGS",
@@ -568,7 +568,7 @@ class TeranModel(nn.Module):
 
     def loss(self, out: TeranOutput) -> torch.Tensor:
         """Alignment hinge (+ ``matching_weight`` x global hinge) on matched pairs along the diagonal."""
-        from encoders.losses import contrastive_loss
+        from regionrank.encoders.losses import contrastive_loss
 
         total = contrastive_loss(out.alignment, margin=self.cfg.margin, max_violation=self.cfg.max_violation)
         if self.cfg.matching_weight > 0:
@@ -617,7 +617,7 @@ def create_encoder(
         FileNotFoundError: ``weights`` or ``text_model_path`` does not exist.
     """
     if weights is not None and Path(weights).is_dir():
-        from encoders.checkpoint import load_model
+        from regionrank.encoders.checkpoint import load_model
 
         model = load_model(weights, device=device, text_model_path=text_model_path)
         if not isinstance(model, TeranModel):

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.checkpoint import checkpoint_dir, latest_checkpoint, load_model, load_trainer_state, save_checkpoint
-from encoders.embed import EncodedCaption, EncodedImage, encode_region_records, encode_texts
-from storage import RegionStore, read_caption_table
-from storage.records import Caption
+from regionrank.encoders.checkpoint import checkpoint_dir, latest_checkpoint, load_model, load_trainer_state, save_checkpoint
+from regionrank.encoders.embed import EncodedCaption, EncodedImage, encode_region_records, encode_texts
+from regionrank.storage import RegionStore, read_caption_table
+from regionrank.storage.records import Caption
 
 __all__ = ["EpochReport", "TrainReport", "evaluate", "score_encoded", "train"]
 
@@ -159,7 +159,7 @@ def _split_captions(
 
 
 def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | None) -> tuple[nn.Module, _Plan]:
-    from encoders.teran import TeranCfg, TeranModel, build_text_backbone, get_model_cfg, load_teran_cfg
+    from regionrank.encoders.teran import TeranCfg, TeranModel, build_text_backbone, get_model_cfg, load_teran_cfg
 
     data: Any = spec
     if isinstance(spec, str):
@@ -171,8 +171,8 @@ def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | 
         plan = _Plan("teran", cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
                      cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
         return model, plan
-    from encoders.scan import MeanPoolBaseline, ScanCfg, ScanModel
-    from encoders.vocab import build_vocab
+    from regionrank.encoders.scan import MeanPoolBaseline, ScanCfg, ScanModel
+    from regionrank.encoders.vocab import build_vocab
 
     if isinstance(data, ScanCfg):
         arch, train_cfg, kind = data.to_dict(), dict(SCAN_TRAIN_DEFAULTS), "scan"
@@ -204,8 +204,8 @@ def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | 
 
 
 def _batch_loss(model: nn.Module, plan: _Plan, records: list[Any], texts: list[str], device: torch.device) -> torch.Tensor:
-    from encoders.losses import contrastive_loss
-    from encoders.teran import region_batch
+    from regionrank.encoders.losses import contrastive_loss
+    from regionrank.encoders.teran import region_batch
 
     if plan.kind == "teran":
         out = model(region_batch(records).to(device), model.tokenize(texts).to(device))  # type: ignore[operator]
@@ -246,7 +246,7 @@ def score_encoded(
     TERAN: :func:`encoders.teran.alignment_scores` with the config's pooling (the captions are already
     trimmed). SCAN: the model's own ``score`` (cross attention, or mean pooling for the baseline).
     """
-    from encoders.teran import alignment_scores
+    from regionrank.encoders.teran import alignment_scores
 
     dim = images[0].region_embeddings.shape[1]
     regions, rlens = _pad([im.region_embeddings for im in images], dim)
@@ -285,7 +285,7 @@ def _metrics(
     image_block: int = 128,
     caption_block: int = 1024,
 ) -> dict[str, Any]:
-    from encoders import evaluation
+    from regionrank.encoders import evaluation
 
     image_ids = list(dict.fromkeys(c.image_id for c in captions))
     if protocol is not None:
@@ -399,7 +399,7 @@ def train(
     start_epoch = 0
     latest = latest_checkpoint(out) if resume else None
     if latest is not None:
-        from encoders.checkpoint import model_config
+        from regionrank.encoders.checkpoint import model_config
 
         restored = load_model(latest)
         if model_config(restored) != model_config(model):
@@ -513,7 +513,7 @@ def evaluate(
     Raises:
         ValueError: no captions of ``split`` point at stored images; a protocol size mismatch.
     """
-    from encoders.embed import resolve_model
+    from regionrank.encoders.embed import resolve_model
 
     dev = torch.device(device)
     model = resolve_model(checkpoint, device=dev).eval()

@@ -11,8 +11,8 @@ Backends: ``butd-r101-c4`` (bottom-up attention, the default), ``torchvision-frc
 pretrained weights from the ``demo`` extra).
 """
 
-from extractors.decode import DecodeLimits, ImageDecodeError, decode_image
-from extractors.detector import (
+from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image
+from regionrank.extractors.detector import (
     Detections,
     Detector,
     PreparedImage,
@@ -23,7 +23,7 @@ from extractors.detector import (
     list_detectors,
     register_detector,
 )
-from extractors.pipeline import ExtractReport, extract, list_images
+from regionrank.extractors.pipeline import ExtractReport, extract, list_images
 
 __all__ = [
     "DecodeLimits",

@@ -50,8 +50,8 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops import RoIPool, nms
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from extractors.checkpoint import CheckpointFormat, map_checkpoint, read_checkpoint
-from extractors.detector import (
+from regionrank.extractors.checkpoint import CheckpointFormat, map_checkpoint, read_checkpoint
+from regionrank.extractors.detector import (
     Detections,
     PreparedImage,
     StageTimer,
@@ -60,7 +60,7 @@ from extractors.detector import (
     timed,
     weights_sha256,
 )
-from extractors.selection import select_bottom_up
+from regionrank.extractors.selection import select_bottom_up
 
 __all__ = [
     "BottomUpCfg",

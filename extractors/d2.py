@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from extractors.detector import (
+from regionrank.extractors.detector import (
     Detections,
     PreparedImage,
     StageTimer,
@@ -36,7 +36,7 @@ from extractors.detector import (
     timed,
     weights_sha256,
 )
-from extractors.selection import select_bottom_up
+from regionrank.extractors.selection import select_bottom_up
 
 __all__ = ["D2Preprocessor", "Detectron2Detector", "create_detectron2_detector"]
 

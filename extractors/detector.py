@@ -254,7 +254,7 @@ def _load_builtins() -> None:
         _BUILTINS_LOADED = True
         # Importing the backend modules registers them; none imports an optional
         # dependency at module level.
-        from extractors import butd, d2, frcnn, ssd  # noqa: F401
+        from regionrank.extractors import butd, d2, frcnn, ssd  # noqa: F401
 
 
 def list_detectors() -> list[str]:

@@ -32,7 +32,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import Bottleneck
 
-from extractors.detector import (
+from regionrank.extractors.detector import (
     Detections,
     PreparedImage,
     StageTimer,

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
-from extractors.detector import Detector, PreparedImage, Preprocessor, StageTimer, config_hash, get_detector
-from storage import RegionRecord, RegionStore, image_id_for_bytes
+from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
+from regionrank.extractors.detector import Detector, PreparedImage, Preprocessor, StageTimer, config_hash, get_detector
+from regionrank.storage import RegionRecord, RegionStore, image_id_for_bytes
 
 __all__ = ["IMAGE_EXTENSIONS", "ExtractReport", "extract", "list_images"]
 
@@ -92,7 +92,7 @@ def _worker_context() -> Any:
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["extractors.pipeline"])
+    ctx.set_forkserver_preload(["regionrank.extractors.pipeline"])
     return ctx
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from extractors.detector import (
+from regionrank.extractors.detector import (
     Detections,
     PreparedImage,
     StageTimer,
@@ -47,7 +47,7 @@ from extractors.detector import (
     timed,
     weights_sha256,
 )
-from extractors.labels import SCENE_CLASS_ID
+from regionrank.extractors.labels import SCENE_CLASS_ID
 
 __all__ = ["SsdPreprocessor", "SsdMobilenetDetector", "create_ssd_mobilenet", "demo_model_files"]
 

@@ -8,7 +8,7 @@ progress messages reach the run logs (Prefect copies handlers, not levels).
 
 import logging
 
-LIBRARY_LOGGERS = ("extractors", "encoders", "index", "storage")
+LIBRARY_LOGGERS = ("regionrank.extractors", "regionrank.encoders", "regionrank.index", "regionrank.storage")
 
 for _name in LIBRARY_LOGGERS:
     _logger = logging.getLogger(_name)

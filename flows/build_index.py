@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows import monitoring
-from flows.config import IndexConfig, Workspace
-from flows.tasks import build_index_task, update_index_task
+from regionrank.flows import monitoring
+from regionrank.flows.config import IndexConfig, Workspace
+from regionrank.flows.tasks import build_index_task, update_index_task
 
 __all__ = ["build_index_flow", "index_report_rows"]
 

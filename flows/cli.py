@@ -24,8 +24,8 @@ _WS = typer.Option(None, "--workspace", "-w", help="workspace folder [env REGION
 
 
 def _workspace(path: Optional[Path]) -> Any:
-    from flows.config import Settings, Workspace
-    from flows.runtime import configure_prefect_env
+    from regionrank.flows.config import Settings, Workspace
+    from regionrank.flows.runtime import configure_prefect_env
 
     root = (path or Settings().workspace).expanduser().absolute()
     configure_prefect_env(root)
@@ -72,8 +72,8 @@ def _print_hits(query: str, hits: list[Any], labels: dict[str, Any] | None = Non
 def _pipeline_config(images: list[Path], ws: Any, detector: Optional[str], detector_weights: Optional[Path],
                      encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
                      lock_timeout: float) -> Any:
-    from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Settings
-    from flows.pipeline import load_workspace_config
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Settings
+    from regionrank.flows.pipeline import load_workspace_config
 
     s = Settings()
     try:
@@ -96,7 +96,7 @@ def _pipeline_config(images: list[Path], ws: Any, detector: Optional[str], detec
 def _run(images: list[Path], workspace: Optional[Path], incremental: bool, detector: Optional[str], detector_weights: Optional[Path],
          encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
          no_orchestrator: bool, lock_timeout: float) -> dict[str, Any]:
-    from flows import commands
+    from regionrank.flows import commands
 
     ws = _workspace(workspace)
     try:
@@ -154,8 +154,8 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
                fusion: str = typer.Option("weighted", "--fusion", help="scan | mrsw | weighted"),
                workspace: Optional[Path] = _WS) -> None:
     """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank)."""
-    from flows import commands
-    from flows.config import SearchConfig
+    from regionrank.flows import commands
+    from regionrank.flows.config import SearchConfig
 
     ws = _workspace(workspace)
     try:
@@ -174,8 +174,8 @@ def demo_cmd(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
     label-grounded encoder on the embedded Prefect backend, then run a few searches."""
     import tempfile
 
-    from flows import commands
-    from flows.config import SearchConfig
+    from regionrank.flows import commands
+    from regionrank.flows.config import SearchConfig
 
     root = workspace or Path(tempfile.mkdtemp(prefix="regionrank-demo-"))
     try:
@@ -198,7 +198,7 @@ def demo_cmd(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
 @app.command("status")
 def status_cmd(workspace: Optional[Path] = _WS, runs: int = typer.Option(10, "--runs", help="recent flow runs to list")) -> None:
     """What is stored, the index versions, and recent flow runs."""
-    from flows import commands
+    from regionrank.flows import commands
 
     st = commands.status(_workspace(workspace), recent_runs=runs)
     console.print_json(data=st, default=str)
@@ -207,7 +207,7 @@ def status_cmd(workspace: Optional[Path] = _WS, runs: int = typer.Option(10, "--
 @app.command("detectors")
 def detectors_cmd() -> None:
     """List the registered detectors."""
-    from extractors import list_detectors
+    from regionrank.extractors import list_detectors
 
     for name in list_detectors():
         console.print(name)
@@ -221,13 +221,13 @@ def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet
               lr: Optional[float] = typer.Option(None), seed: int = typer.Option(0), device: str = typer.Option("auto"),
               workspace: Optional[Path] = _WS) -> None:
     """Train TERAN or SCAN on the workspace's region shards (a checkpoint every epoch; resumes after a crash)."""
-    from flows import commands
-    from flows.runtime import fast_flow_settings
+    from regionrank.flows import commands
+    from regionrank.flows.runtime import fast_flow_settings
 
     ws = _workspace(workspace)
     try:
         cap = commands.caption_table(captions, ws)
-        from flows.train import train_flow
+        from regionrank.flows.train import train_flow
 
         with fast_flow_settings():
             res = train_flow(ws, str(cap), model=model, out_dir=str(out) if out else None, epochs=epochs,
@@ -251,13 +251,13 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
                  help="coco1k | coco5k | f30k1k (default: all images of the split)"),
                  device: str = typer.Option("auto"), workspace: Optional[Path] = _WS) -> None:
     """Image-to-text and text-to-image R@1/5/10, medr, meanr and rsum of a checkpoint."""
-    from flows import commands
-    from flows.runtime import fast_flow_settings
+    from regionrank.flows import commands
+    from regionrank.flows.runtime import fast_flow_settings
 
     ws = _workspace(workspace)
     try:
         cap = commands.caption_table(captions, ws)
-        from flows.train import evaluate_flow
+        from regionrank.flows.train import evaluate_flow
 
         with fast_flow_settings():
             res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device)
@@ -280,11 +280,11 @@ def import_cmd(fmt: str = typer.Argument(..., help="scan-precomp | tsv | tsv-air
                namespace: str = typer.Option("coco", help="id namespace of the source dataset (coco, f30k)"),
                workspace: Optional[Path] = _WS) -> None:
     """Import region features you already hold (SCAN precomp, bottom-up TSV, MILVLG npz)."""
-    from flows.runtime import fast_flow_settings
+    from regionrank.flows.runtime import fast_flow_settings
 
     ws = _workspace(workspace)
     try:
-        from flows.train import import_features_flow
+        from regionrank.flows.train import import_features_flow
 
         with fast_flow_settings():
             res = import_features_flow(ws, fmt, [str(p) for p in paths], split=split, namespace=namespace)
@@ -303,7 +303,7 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
               port: Optional[int] = typer.Option(None, help="server port (default: a free one)"),
               workspace: Optional[Path] = _WS) -> None:
     """Create the deployments (scheduled reindex of WATCH, on-demand pipeline and evaluate) and serve them."""
-    from flows.pipeline import load_workspace_config
+    from regionrank.flows.pipeline import load_workspace_config
 
     ws = _workspace(workspace)
     try:
@@ -315,7 +315,7 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
     if server and "PREFECT_API_URL" not in os.environ:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.server import start_local_server
+        from regionrank.flows.server import start_local_server
 
         srv = start_local_server(Path(os.environ["PREFECT_HOME"]), port=port, database_url=database_url)
         os.environ["PREFECT_API_URL"] = srv.api_url  # for the flow-run processes the runner starts
@@ -323,7 +323,7 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
         api = temporary_settings(updates={PREFECT_API_URL: srv.api_url})
         console.print(f"Prefect UI: {srv.ui_url}  (API {srv.api_url}; server log {srv.log_path})")
     try:
-        from flows.serve import make_deployments, serve_deployments
+        from regionrank.flows.serve import make_deployments, serve_deployments
 
         with api:
             deployments = make_deployments(ws, watch, cron=cron, interval=interval, extract=extract, encode=encode,

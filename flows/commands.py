@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
+from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
 
 __all__ = ["DEMO_QUERIES", "demo_images", "caption_table", "region_labels", "run_pipeline", "search", "status"]
 
@@ -40,8 +40,8 @@ def run_pipeline(cfg: PipelineConfig, *, incremental: bool, orchestrate: bool = 
         The run report (counts, throughput, index version, failures, random-init notices).
     """
     if orchestrate:
-        from flows.pipeline import index_images_flow, reindex_flow
-        from flows.runtime import fast_flow_settings
+        from regionrank.flows.pipeline import index_images_flow, reindex_flow
+        from regionrank.flows.runtime import fast_flow_settings
 
         with fast_flow_settings():
             if incremental:
@@ -54,12 +54,12 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
     """The pipeline without Prefect: the same library calls, in this process."""
     import time
 
-    from extractors import extract
-    from flows import components
-    from flows.components import is_random_init
-    from flows.pipeline import expand_images, save_workspace_config
-    from flows.tasks import update_index_task
-    from storage import exclusive_lock
+    from regionrank.extractors import extract
+    from regionrank.flows import components
+    from regionrank.flows.components import is_random_init
+    from regionrank.flows.pipeline import expand_images, save_workspace_config
+    from regionrank.flows.tasks import update_index_task
+    from regionrank.storage import exclusive_lock
 
     ws = cfg.workspace
     t0 = time.perf_counter()
@@ -83,13 +83,13 @@ def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] |
 
 def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None = None) -> list[Any]:
     """Two-stage text-to-image search in a workspace; optionally render the top hit's heatmap."""
-    from flows.components import make_searcher
-    from flows.pipeline import load_workspace_config
+    from regionrank.flows.components import make_searcher
+    from regionrank.flows.pipeline import load_workspace_config
 
     extract, encode, _ = load_workspace_config(ws)
     hits = make_searcher(ws, encode, extract.detector, cfg).search(text, k=cfg.k)
     if explain is not None and hits:
-        from index import render_heatmap
+        from regionrank.index import render_heatmap
 
         render_heatmap(hits[0].uri, hits[0], explain)
     return hits
@@ -97,7 +97,7 @@ def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None 
 
 def caption_table(captions: Path, ws: Workspace) -> Path:
     """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it)."""
-    from storage import read_karpathy_json, write_caption_table
+    from regionrank.storage import read_karpathy_json, write_caption_table
 
     if captions.suffix == ".parquet":
         return captions
@@ -108,7 +108,7 @@ def caption_table(captions: Path, ws: Workspace) -> Path:
 
 def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | None]:
     """The stored label of each region of these images (label-grounded encoders store them), for explanations."""
-    from storage import ImageEmbeddingStore
+    from regionrank.storage import ImageEmbeddingStore
 
     recs = ImageEmbeddingStore(ws.image_embeddings).get(list(dict.fromkeys(image_ids)))
     return {r.image_id: r.labels for r in recs}
@@ -116,8 +116,8 @@ def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | 
 
 def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:
     """What is stored, the index versions, and recent flow runs."""
-    from index import versions
-    from storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
+    from regionrank.index import versions
+    from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
 
     out: dict[str, Any] = {"workspace": str(ws.root)}
     if (ws.root / "regionrank.json").exists():

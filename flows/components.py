@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flows.config import EncodeConfig, ExtractConfig, SearchConfig, Workspace
-from flows.device import resolve_device
+from regionrank.flows.config import EncodeConfig, ExtractConfig, SearchConfig, Workspace
+from regionrank.flows.device import resolve_device
 
 __all__ = [
     "RANDOM_INIT_NOTICE",
@@ -54,7 +54,7 @@ def is_random_init(extract: ExtractConfig, encode: EncodeConfig) -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _detector(name: str, weights: str | None, device: str, seed: int, options_json: str) -> Any:
-    from extractors import get_detector
+    from regionrank.extractors import get_detector
 
     opts: dict[str, Any] = json.loads(options_json)
     if weights is None and name not in _DEMO_DETECTORS:
@@ -70,7 +70,7 @@ def load_detector(cfg: ExtractConfig) -> Any:
 
 def label_names_for(detector: str) -> dict[int, str]:
     """Class-id -> label map of a detector, for the label-grounded encoder."""
-    from extractors.labels import coco_label_names
+    from regionrank.extractors.labels import coco_label_names
 
     if detector == "ssd-mobilenet-coco" or detector.startswith("torchvision-"):
         return coco_label_names()
@@ -82,7 +82,7 @@ def label_names_for(detector: str) -> dict[int, str]:
 
 @functools.lru_cache(maxsize=2)
 def _grounded(text_model_path: str | None, detector: str, device: str) -> Any:
-    from encoders.grounded import GroundedEncoder
+    from regionrank.encoders.grounded import GroundedEncoder
 
     return GroundedEncoder(text_model_path=text_model_path, label_names=label_names_for(detector), device=device)
 
@@ -92,8 +92,8 @@ def _teran(checkpoint: str | None, model_name: str, text_model_path: str | None,
            feature_dim: int | None) -> Any:
     import torch
 
-    from encoders.checkpoint import load_model
-    from encoders.teran import create_encoder, get_model_cfg
+    from regionrank.encoders.checkpoint import load_model
+    from regionrank.encoders.teran import create_encoder, get_model_cfg
 
     if checkpoint is not None:
         model = load_model(checkpoint, text_model_path=text_model_path, device=device)
@@ -126,14 +126,14 @@ def load_image_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
 def encode_images(cfg: EncodeConfig, detector: str, ws: Workspace, image_ids: list[str],
                   progress: Any = None) -> Any:
     """Embed ``image_ids`` of the workspace's region store into its image-embedding store (resumable)."""
-    from storage import ImageEmbeddingStore, RegionStore
+    from regionrank.storage import ImageEmbeddingStore, RegionStore
 
     regions = RegionStore(ws.regions)
     model = load_image_encoder(cfg, detector, regions.feature_dim)
     out = ImageEmbeddingStore(ws.image_embeddings)
     if cfg.encoder == "grounded":
         return model.encode_images(regions, out, image_ids=image_ids, batch_size=cfg.batch_size, progress=progress)
-    from encoders.embed import encode_images as encode_with_model
+    from regionrank.encoders.embed import encode_images as encode_with_model
 
     return encode_with_model(model, regions, out, image_ids=image_ids, batch_size=cfg.batch_size,
                              device=resolve_device(cfg.device), progress=progress)
@@ -141,7 +141,7 @@ def encode_images(cfg: EncodeConfig, detector: str, ws: Workspace, image_ids: li
 
 def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None = None) -> Any:
     """An object with ``encode_query(text) -> QueryEmbedding`` (index.QueryEncoder protocol)."""
-    from encoders.adapters import GroundedQueryEncoder, TeranQueryEncoder
+    from regionrank.encoders.adapters import GroundedQueryEncoder, TeranQueryEncoder
 
     model = load_image_encoder(cfg, detector, feature_dim)
     return GroundedQueryEncoder(model) if cfg.encoder == "grounded" else TeranQueryEncoder(model)
@@ -149,8 +149,8 @@ def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
 
 def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig) -> Any:
     """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and SCAN re-ranker."""
-    from encoders.adapters import ScanReranker
-    from index import Searcher
+    from regionrank.encoders.adapters import ScanReranker
+    from regionrank.index import Searcher
 
     reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax) if search.rerank_k > 0 else None
     return Searcher(
@@ -161,6 +161,6 @@ def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: Se
 
 
 def _feature_dim(ws: Workspace) -> int | None:
-    from storage import RegionStore
+    from regionrank.storage import RegionStore
 
     return RegionStore(ws.regions).feature_dim

@@ -32,7 +32,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def resolve_faiss_gpus(ngpu: int | str = "auto") -> int:
     """Number of GPUs faiss should use: "auto"/-1 = all that faiss sees, 0 = CPU."""
-    from index import available_gpus
+    from regionrank.index import available_gpus
 
     have = available_gpus()
     if ngpu in ("auto", -1):

@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows import monitoring
-from flows.config import EncodeConfig, Workspace
-from flows.tasks import chunks, ensure_device_limit, encode_shard_task
+from regionrank.flows import monitoring
+from regionrank.flows.config import EncodeConfig, Workspace
+from regionrank.flows.tasks import chunks, ensure_device_limit, encode_shard_task
 
 __all__ = ["encode_flow"]
 
@@ -16,7 +16,7 @@ __all__ = ["encode_flow"]
 @flow(name="encode")
 def encode_flow(ws: Workspace, cfg: EncodeConfig, detector: str, image_ids: list[str] | None = None) -> dict[str, Any]:
     """Embed every stored image (or ``image_ids``) that has no embedding yet."""
-    from storage import ImageEmbeddingStore, RegionStore
+    from regionrank.storage import ImageEmbeddingStore, RegionStore
 
     logger = get_run_logger()
     wanted = image_ids if image_ids is not None else RegionStore(ws.regions).ids()

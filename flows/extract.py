@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows import monitoring
-from flows.config import ExtractConfig, Workspace
-from flows.tasks import chunks, ensure_device_limit, extract_shard_task, hash_images_task
+from regionrank.flows import monitoring
+from regionrank.flows.config import ExtractConfig, Workspace
+from regionrank.flows.tasks import chunks, ensure_device_limit, extract_shard_task, hash_images_task
 
 __all__ = ["extract_regions_flow"]
 
@@ -22,7 +22,7 @@ def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -
         ``{"image_ids": [...stored ids of the inputs...], "extracted", "skipped", "failed", "failures", "seconds"}``.
     """
     logger = get_run_logger()
-    from storage import RegionStore
+    from regionrank.storage import RegionStore
 
     hashed = hash_images_task(images)
     unreadable = [{"uri": h["path"], "reason": h["error"]} for h in hashed if "error" in h]

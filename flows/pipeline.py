@@ -15,11 +15,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows import monitoring
-from flows.build_index import build_index_flow, index_report_rows
-from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Workspace
-from flows.encode import encode_flow
-from flows.extract import extract_regions_flow
+from regionrank.flows import monitoring
+from regionrank.flows.build_index import build_index_flow, index_report_rows
+from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Workspace
+from regionrank.flows.encode import encode_flow
+from regionrank.flows.extract import extract_regions_flow
 
 __all__ = ["index_images_flow", "load_workspace_config", "reindex_flow", "save_workspace_config"]
 
@@ -72,7 +72,7 @@ def _with_runner(f: Any, dask_address: str | None) -> Any:
 
 
 def _run_stages(cfg: PipelineConfig, images: list[str], incremental: bool) -> dict[str, Any]:
-    from storage import exclusive_lock
+    from regionrank.storage import exclusive_lock
 
     logger = get_run_logger()
     ws = cfg.workspace
@@ -86,7 +86,7 @@ def _run_stages(cfg: PipelineConfig, images: list[str], incremental: bool) -> di
         else:
             manifest = build_index_flow(ws, cfg.index, image_ids=None)
     wall = time.perf_counter() - t0
-    from flows.components import is_random_init
+    from regionrank.flows.components import is_random_init
 
     notes = is_random_init(cfg.extract, cfg.encode)
     for n in notes:
@@ -120,7 +120,7 @@ def _run_stages(cfg: PipelineConfig, images: list[str], incremental: bool) -> di
 
 def expand_images(paths: list[Path]) -> list[str]:
     """Folders are walked for image files; files are taken as given (bad ones fail later, recorded)."""
-    from extractors.pipeline import list_images
+    from regionrank.extractors.pipeline import list_images
 
     out: list[str] = []
     for p in paths:

@@ -31,7 +31,7 @@ def configure_prefect_env(workspace: Path) -> None:
         home = workspace / "prefect"
         home.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str(home))
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "extractors,encoders,index,storage")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "regionrank.extractors,regionrank.encoders,regionrank.index,regionrank.storage")
     # the same library calls also run outside flows (--no-orchestrator): no warning per log line then
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 

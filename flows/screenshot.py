@@ -1,7 +1,7 @@
 """Show the Prefect UI for real: run the pipeline against a local Prefect server and screenshot its UI
 in headless Chromium (Debian package ``chromium``).
 
-    python -m flows.screenshot OUT_DIR [--images DIR]
+    python -m regionrank.flows.screenshot OUT_DIR [--images DIR]
 
 Writes ``OUT_DIR/prefect-flow-run.png`` (the finished ``index-images`` run: task timeline,
 subflows, logs) and ``OUT_DIR/prefect-artifacts.png`` (progress, tables, run report), and
@@ -43,7 +43,7 @@ def chromium_screenshot(url: str, out: Path, *, size: tuple[int, int] = (1600, 1
 
 def screenshot_pipeline_run(out_dir: Path, images: Path, work: Path) -> list[Path]:
     """Start a server, run ``index-images`` on ``images`` (demo models), screenshot the run and its artifacts."""
-    from flows.server import start_local_server
+    from regionrank.flows.server import start_local_server
 
     server = start_local_server(work / "prefect-home")
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -51,8 +51,8 @@ def screenshot_pipeline_run(out_dir: Path, images: Path, work: Path) -> list[Pat
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            from flows.commands import run_pipeline
-            from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
+            from regionrank.flows.commands import run_pipeline
+            from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
 
             cfg = PipelineConfig(images=[images], workspace=Workspace(root=work / "ws"),
                                  extract=ExtractConfig(detector="ssd-mobilenet-coco", device="cpu", images_per_task=2),
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--images", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "photos")
     args = ap.parse_args()
-    from flows.runtime import configure_prefect_env
+    from regionrank.flows.runtime import configure_prefect_env
 
     with tempfile.TemporaryDirectory(prefix="regionrank-ui-") as tmp:
         configure_prefect_env(Path(tmp))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Workspace
+from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Workspace
 
 __all__ = ["make_deployments", "serve_deployments"]
 
@@ -19,8 +19,8 @@ def make_deployments(ws: Workspace, watch: Path, *, cron: str | None = None, int
     * ``index-images/on-demand``: the whole pipeline, run from the UI or ``prefect deployment run``;
     * ``evaluate/on-demand``: evaluate a checkpoint (parameters given at run time).
     """
-    from flows.pipeline import index_images_flow, reindex_flow
-    from flows.train import evaluate_flow
+    from regionrank.flows.pipeline import index_images_flow, reindex_flow
+    from regionrank.flows.train import evaluate_flow
 
     if (cron is None) == (interval is None):
         raise ValueError("give exactly one schedule for the watched-folder reindex: --cron '*/10 * * * *' or --interval SECONDS")

@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 
-from flows import components
-from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
+from regionrank.flows import components
+from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
 
 __all__ = [
     "DEVICE_LIMIT",
@@ -42,7 +42,7 @@ _RETRY = dict(retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5, c
 @task(name="hash-images", cache_policy=NO_CACHE)
 def hash_images_task(paths: list[str]) -> list[dict[str, str]]:
     """Content-hash each path: ``{"path", "image_id"}``, or ``{"path", "error"}`` when unreadable."""
-    from storage import image_id_for_file
+    from regionrank.storage import image_id_for_file
 
     out = []
     for p in paths:
@@ -56,7 +56,7 @@ def hash_images_task(paths: list[str]) -> list[dict[str, str]]:
 @task(name="extract-shard", **_RETRY)
 def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> dict[str, Any]:
     """Detect regions in one chunk of images and write them to the workspace's region store."""
-    from extractors import extract
+    from regionrank.extractors import extract
 
     with device_slot(cfg.device_slots):
         rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
@@ -80,8 +80,8 @@ def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, de
 @task(name="build-index", **_RETRY)
 def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
     """Build (or rebuild) the FAISS indexes from every stored image embedding and publish a version."""
-    from flows.device import resolve_faiss_gpus
-    from index import build_indexes
+    from regionrank.flows.device import resolve_faiss_gpus
+    from regionrank.index import build_indexes
 
     manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.kinds, memory_budget=cfg.memory_budget,
                              target_recall=cfg.target_recall, seed=cfg.seed, ngpu=resolve_faiss_gpus(cfg.ngpu))
@@ -91,8 +91,8 @@ def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
 @task(name="update-index", **_RETRY)
 def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> dict[str, Any]:
     """Add images to the current index version incrementally (or build it if none exists)."""
-    from flows.device import resolve_faiss_gpus
-    from index import add_images, versions
+    from regionrank.flows.device import resolve_faiss_gpus
+    from regionrank.index import add_images, versions
 
     if not versions(ws.index_dir):
         return build_index_task.fn(ws, cfg)

@@ -8,9 +8,9 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, unmapped, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import monitoring
-from flows.config import Workspace
-from flows.device import resolve_device
+from regionrank.flows import monitoring
+from regionrank.flows.config import Workspace
+from regionrank.flows.device import resolve_device
 
 __all__ = ["evaluate_flow", "import_features_flow", "train_flow"]
 
@@ -18,7 +18,7 @@ __all__ = ["evaluate_flow", "import_features_flow", "train_flow"]
 @task(name="train-model", cache_policy=NO_CACHE, tags=["device"])
 def train_task(model: str, ws: Workspace, captions: str, out_dir: str, epochs: int | None, batch_size: int | None,
                lr: float | None, seed: int, device: str) -> dict[str, Any]:
-    from encoders.training import train
+    from regionrank.encoders.training import train
 
     rep = train(model, ws.regions, captions, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 device=resolve_device(device))
@@ -42,7 +42,7 @@ def train_flow(ws: Workspace, captions: str, model: str = "teran-coco", out_dir:
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, tags=["device"])
 def evaluate_task(checkpoint: str, ws: Workspace, captions: str, split: str | None, protocol: str | None, device: str) -> dict[str, Any]:
-    from encoders.training import evaluate
+    from regionrank.encoders.training import evaluate
 
     return evaluate(checkpoint, ws.regions, captions, split=split, protocol=protocol, device=resolve_device(device))
 
@@ -60,7 +60,7 @@ def evaluate_flow(ws: Workspace, checkpoint: str, captions: str, split: str | No
 
 @task(name="import-file", cache_policy=NO_CACHE)
 def import_task(fmt: str, path: str, ws: Workspace, split: str, namespace: str) -> dict[str, Any]:
-    from storage import import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
+    from regionrank.storage import import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
 
     if fmt == "scan-precomp":
         rep = import_scan_precomp(path, split, ws.regions, namespace=namespace)

@@ -9,10 +9,10 @@ faiss is optional: ``import index`` works without it, and building or opening an
 an install hint (``index._faiss.import_faiss``).
 """
 
-from index._faiss import available_gpus
-from index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
-from index.ann import AnnIndex
-from index.build import (
+from regionrank.index._faiss import available_gpus
+from regionrank.index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
+from regionrank.index.ann import AnnIndex
+from regionrank.index.build import (
     IndexHandle,
     add_captions,
     add_images,
@@ -25,13 +25,13 @@ from index.build import (
     rollback,
     versions,
 )
-from index.heatmap import render_heatmap
-from index.idmap import IdMap
-from index.manifest import IndexInfo, Manifest
-from index.regions import RegionMatrix
-from index.spec import IndexSpec, choose_spec, parse_memory
-from index.tuning import RecallProbe, exact_knn, recall_at_k
-from index.twostage import (
+from regionrank.index.heatmap import render_heatmap
+from regionrank.index.idmap import IdMap
+from regionrank.index.manifest import IndexInfo, Manifest
+from regionrank.index.regions import RegionMatrix
+from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
+from regionrank.index.tuning import RecallProbe, exact_knn, recall_at_k
+from regionrank.index.twostage import (
     CaptionHit,
     QueryEncoder,
     RerankOutput,
@@ -44,7 +44,7 @@ from index.twostage import (
     exhaustive_search,
     fuse_scores,
 )
-from index.version import IndexBusyError, VersionedDir
+from regionrank.index.version import IndexBusyError, VersionedDir
 
 __all__ = [
     "Alignment",

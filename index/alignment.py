@@ -101,7 +101,7 @@ def decode_float16(x: np.ndarray) -> np.ndarray:
     fast as numpy's cast, the same values)."""
     if x.dtype != np.float16 or x.ndim != 2 or x.size == 0:
         return np.asarray(x, dtype=np.float32)
-    from index._faiss import import_faiss
+    from regionrank.index._faiss import import_faiss
 
     faiss = import_faiss()
     x = np.ascontiguousarray(x)

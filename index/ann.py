@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from index._faiss import import_faiss, to_cpu, to_gpus
-from index.spec import IndexSpec
+from regionrank.index._faiss import import_faiss, to_cpu, to_gpus
+from regionrank.index.spec import IndexSpec
 
 __all__ = ["AnnIndex"]
 

@@ -23,14 +23,14 @@ from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
-from index._faiss import resolve_ngpu
-from index.ann import AnnIndex
-from index.idmap import IdMap
-from index.manifest import IndexInfo, Manifest
-from index.regions import RegionMatrix, RegionSegment, copy_segments, write_segment
-from index.spec import IndexSpec, choose_spec, parse_memory
-from index.tuning import RecallProbe, tune_queries_needed, tune_search_param
-from index.version import VersionedDir
+from regionrank.index._faiss import resolve_ngpu
+from regionrank.index.ann import AnnIndex
+from regionrank.index.idmap import IdMap
+from regionrank.index.manifest import IndexInfo, Manifest
+from regionrank.index.regions import RegionMatrix, RegionSegment, copy_segments, write_segment
+from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
+from regionrank.index.tuning import RecallProbe, tune_queries_needed, tune_search_param
+from regionrank.index.version import VersionedDir
 
 __all__ = [
     "IndexHandle",
@@ -112,8 +112,7 @@ def _open_source(source: Any, corpus: Corpus) -> EmbeddingSource:
     if hasattr(source, "get") and hasattr(source, "iter_records"):
         return source  # type: ignore[no-any-return]
     if isinstance(source, (str, Path)):
-        import storage
-
+        from regionrank import storage
         cls = storage.ImageEmbeddingStore if corpus == "images" else storage.CaptionEmbeddingStore
         return cls(source)  # type: ignore[no-any-return]
     raise TypeError(

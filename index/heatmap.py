@@ -13,7 +13,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-    from index.twostage import SearchHit
+    from regionrank.index.twostage import SearchHit
 
 __all__ = ["render_heatmap"]
 

@@ -33,8 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from index.alignment import decode_float16
-from storage.records import ImageEmbeddingRecord
+from regionrank.index.alignment import decode_float16
+from regionrank.storage.records import ImageEmbeddingRecord
 
 __all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "copy_segments", "write_segment"]
 

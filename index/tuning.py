@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from index.ann import AnnIndex
+    from regionrank.index.ann import AnnIndex
 
 __all__ = [
     "RecallProbe",
@@ -52,7 +52,7 @@ def exact_knn(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int, *, chunk:
     Returns:
         ``(scores float32[Q, k], ids int64[Q, k])`` sorted by decreasing score.
     """
-    from index._faiss import import_faiss
+    from regionrank.index._faiss import import_faiss
 
     faiss = import_faiss()
     xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -260,7 +260,7 @@ def ivf_flat_predicted_hits(ann: AnnIndex, probe: RecallProbe, values: list[int]
     approximate, an HNSW quantiser ranks lists approximately). Up to score ties, this equals
     :meth:`RecallProbe.hits` of a real search.
     """
-    from index._faiss import import_faiss
+    from regionrank.index._faiss import import_faiss
 
     spec = ann.spec
     if spec.family != "ivf" or spec.encoding != "flat" or spec.hnsw_m or spec.opq_m:

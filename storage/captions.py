@@ -20,9 +20,9 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.hashing import external_image_id, image_id_for_file
-from storage.records import Caption
-from storage.schema import CAPTION_TABLE_SCHEMA
+from regionrank.storage.hashing import external_image_id, image_id_for_file
+from regionrank.storage.records import Caption
+from regionrank.storage.schema import CAPTION_TABLE_SCHEMA
 
 __all__ = ["read_caption_table", "read_karpathy_json", "read_scan_captions", "write_caption_table"]
 

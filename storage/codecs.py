@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
-from storage.schema import CAPTION_EMBEDDING_SCHEMA_V1, IMAGE_EMBEDDING_SCHEMA_V1, REGION_SCHEMA_V1
+from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
+from regionrank.storage.schema import CAPTION_EMBEDDING_SCHEMA_V1, IMAGE_EMBEDDING_SCHEMA_V1, REGION_SCHEMA_V1
 
 __all__ = ["CAPTION_EMBEDDINGS", "IMAGE_EMBEDDINGS", "REGIONS", "Codec"]
 

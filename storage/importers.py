@@ -30,9 +30,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from storage.hashing import external_image_id
-from storage.records import RegionRecord
-from storage.shards import RegionStore
+from regionrank.storage.hashing import external_image_id
+from regionrank.storage.records import RegionRecord
+from regionrank.storage.shards import RegionStore
 
 __all__ = ["ImportReport", "import_bottomup_tsv", "import_milvlg_npz", "import_scan_precomp"]
 

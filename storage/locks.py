@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from storage.shards import StoreLockedError, _FileLock
+from regionrank.storage.shards import StoreLockedError, _FileLock
 
 __all__ = ["StoreLockedError", "exclusive_lock"]
 

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.codecs import CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, REGIONS, Codec
-from storage.fs import Location, resolve_location
-from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
-from storage.schema import FAILURE_SCHEMA, read_schema_meta, with_meta
+from regionrank.storage.codecs import CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, REGIONS, Codec
+from regionrank.storage.fs import Location, resolve_location
+from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
+from regionrank.storage.schema import FAILURE_SCHEMA, read_schema_meta, with_meta
 
 __all__ = [
     "CaptionEmbeddingStore",

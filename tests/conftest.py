@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="regionrank-prefect-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # as `regionrank` sets it: library loggers are attached to flow-run logs
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "extractors,encoders,index,storage")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "regionrank.extractors,regionrank.encoders,regionrank.index,regionrank.storage")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import numpy as np

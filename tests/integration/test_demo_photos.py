@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_pipeline_search_and_status(prefect_server, tmp_path: Path) -> None:
     pytest.importorskip("cv2", reason="the demo extra (opencv + pretrained SSD/EfficientNet) is not installed")
-    from flows import commands
-    from flows.cli import app
-    from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, SearchConfig, Workspace
+    from regionrank.flows import commands
+    from regionrank.flows.cli import app
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, SearchConfig, Workspace
 
     ws = Workspace(root=tmp_path / "ws")
     cfg = PipelineConfig(images=[ROOT / "examples" / "photos"], workspace=ws,

@@ -56,7 +56,7 @@ def postgres_url():
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `apt-get install postgresql` provides them")
-    from flows.server import free_port
+    from regionrank.flows.server import free_port
 
     sudo = _as_db_user()
     root = Path(tempfile.mkdtemp(prefix="regionrank-pg-"))
@@ -100,10 +100,10 @@ def test_serve_with_postgres_runs_the_scheduled_reindex(postgres_url: str, tmp_p
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import commands
-    from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
-    from flows.server import free_port
-    from storage import RegionStore
+    from regionrank.flows import commands
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
+    from regionrank.flows.server import free_port
+    from regionrank.storage import RegionStore
 
     images, ws = tmp_path / "watched", tmp_path / "ws"
     make_images(images, 2, seed=7)
@@ -119,7 +119,7 @@ def test_serve_with_postgres_runs_the_scheduled_reindex(postgres_url: str, tmp_p
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     log_path = tmp_path / "serve.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(images), "-w", str(ws), "--interval", "5",
+    proc = subprocess.Popen([sys.executable, "-m", "regionrank.flows.cli", "serve", str(images), "-w", str(ws), "--interval", "5",
                              "--database-url", postgres_url, "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"

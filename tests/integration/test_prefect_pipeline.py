@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(images: Path, ws: Path, **extract: object):
-    from flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
 
     ext = {"detector": "butd-r101-c4", "options": TINY_BUTD, "device": "cpu", "images_per_task": 2, "rows_per_shard": 2,
            "num_workers": 0, **extract}
@@ -37,8 +37,8 @@ def _runs_by_flow(client) -> dict[str, list]:
 def test_pipeline_states_and_artifacts(prefect_server, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import index_images_flow
-    from storage import ImageEmbeddingStore, RegionStore
+    from regionrank.flows.pipeline import index_images_flow
+    from regionrank.storage import ImageEmbeddingStore, RegionStore
 
     images = tmp_path / "images"
     make_images(images, 5, seed=0)
@@ -77,14 +77,14 @@ def test_pipeline_states_and_artifacts(prefect_server, tmp_path: Path) -> None:
 def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server, tmp_path: Path) -> None:
     import json
 
-    from storage import RegionStore
+    from regionrank.storage import RegionStore
 
     images = tmp_path / "images"
     make_images(images, 8, seed=1)
     ws = tmp_path / "ws"
     env = dict(os.environ, REGIONRANK_DETECTOR_OPTIONS=json.dumps(TINY_BUTD), REGIONRANK_IMAGES_PER_TASK="1",
                REGIONRANK_ROWS_PER_SHARD="1", REGIONRANK_ENCODER_MODEL="teran-tiny", REGIONRANK_DEVICE="cpu")
-    cmd = [sys.executable, "-m", "flows.cli", "index", str(images), "-w", str(ws), "--detector", "butd-r101-c4",
+    cmd = [sys.executable, "-m", "regionrank.flows.cli", "index", str(images), "-w", str(ws), "--detector", "butd-r101-c4",
            "--encoder", "teran"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -101,7 +101,7 @@ def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server
     assert len(store) == 8 and len(store.ids()) == len(set(store.ids()))
     rows = sum(b.num_rows for b in store.iter_batches(columns=["image_id"]))
     assert rows == 8, "a resumed run must not write an image twice"
-    from index import open_index
+    from regionrank.index import open_index
 
     assert open_index(ws / "index").manifest.n_items == 8
 
@@ -109,8 +109,8 @@ def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server
 def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import index_images_flow
-    from storage import RegionStore
+    from regionrank.flows.pipeline import index_images_flow
+    from regionrank.storage import RegionStore
 
     images = tmp_path / "watched"
     make_images(images, 2, seed=2)
@@ -120,7 +120,7 @@ def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None
 
     with get_client(sync_client=True) as client:
         before = {r.id for r in client.read_flow_runs(limit=200)}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(images), "-w", str(ws), "--interval", "5"],
+    proc = subprocess.Popen([sys.executable, "-m", "regionrank.flows.cli", "serve", str(images), "-w", str(ws), "--interval", "5"],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -138,7 +138,7 @@ def test_scheduled_reindex_served_by_cli(prefect_server, tmp_path: Path) -> None
     finally:
         stop_process_group(proc)
     assert len(RegionStore(ws / "regions")) == 4
-    from index import versions
+    from regionrank.index import versions
 
     assert len(versions(ws / "index")) >= 2
 
@@ -147,7 +147,7 @@ def test_map_stages_scale_out_on_a_dask_cluster(prefect_server, tmp_path: Path) 
     distributed = pytest.importorskip("distributed")
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import index_images_flow
+    from regionrank.flows.pipeline import index_images_flow
 
     images = tmp_path / "images"
     make_images(images, 4, seed=4)
@@ -158,7 +158,7 @@ def test_map_stages_scale_out_on_a_dask_cluster(prefect_server, tmp_path: Path) 
         rep = index_images_flow(cfg)
         assert (rep["stored"], rep["encoded"]) == (4, 4)
         with distributed.Client(cluster.scheduler_address) as dc:
-            ran_on = dc.run(lambda: __import__("sys").modules.get("extractors") is not None)
+            ran_on = dc.run(lambda: __import__("sys").modules.get("regionrank.extractors") is not None)
         assert any(ran_on.values()), "the extract tasks should have run inside the Dask worker processes"
         with get_client(sync_client=True) as client:
             runs = [r for r in _runs_by_flow(client)["extract-regions"] if r.state_type.value == "COMPLETED"]
@@ -168,8 +168,8 @@ def test_map_stages_scale_out_on_a_dask_cluster(prefect_server, tmp_path: Path) 
 
 
 def test_second_run_on_a_busy_workspace_fails_clearly(tmp_path: Path) -> None:
-    from flows import commands
-    from storage import StoreLockedError, exclusive_lock
+    from regionrank.flows import commands
+    from regionrank.storage import StoreLockedError, exclusive_lock
 
     images = tmp_path / "images"
     make_images(images, 1, seed=5)
@@ -183,8 +183,8 @@ def test_decode_workers_start_inside_an_orchestrated_process(prefect_server, tmp
     """Forked DataLoader workers died in a process that had run flows; workers now come from a forkserver."""
     from prefect import flow
 
-    from extractors import extract, get_detector
-    from storage import RegionStore
+    from regionrank.extractors import extract, get_detector
+    from regionrank.storage import RegionStore
 
     @flow
     def warm() -> int:
@@ -205,7 +205,7 @@ def test_device_slot_serialises_model_tasks_of_one_process(prefect_server) -> No
 
     from prefect import flow, task
 
-    from flows.tasks import device_slot
+    from regionrank.flows.tasks import device_slot
 
     spans: list[tuple[float, float]] = []
     guard = threading.Lock()

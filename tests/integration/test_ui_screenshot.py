@@ -18,7 +18,7 @@ def test_prefect_ui_screenshot_of_a_finished_run(tmp_path: Path) -> None:
     pytest.importorskip("cv2", reason="the demo extra provides the pretrained detector this run uses")
     from PIL import Image
 
-    from flows.screenshot import screenshot_pipeline_run
+    from regionrank.flows.screenshot import screenshot_pipeline_run
 
     shots = screenshot_pipeline_run(tmp_path / "shots", ROOT / "examples" / "photos", tmp_path / "work")
     for shot in shots:

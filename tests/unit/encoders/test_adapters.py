@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.adapters import GroundedQueryEncoder, ScanReranker, TeranQueryEncoder
-from encoders.embed import encode_texts
-from encoders.teran import TeranCfg, TeranModel
-from encoders.text import build_random_text_model
-from storage.records import ImageEmbeddingRecord, QueryEmbedding
+from regionrank.encoders.adapters import GroundedQueryEncoder, ScanReranker, TeranQueryEncoder
+from regionrank.encoders.embed import encode_texts
+from regionrank.encoders.teran import TeranCfg, TeranModel
+from regionrank.encoders.text import build_random_text_model
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
-pytest.importorskip("encoders.scan")
+pytest.importorskip("regionrank.encoders.scan")
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=32)
@@ -89,7 +89,7 @@ def test_scan_reranker_i2t_direction_and_errors():
     rng = np.random.default_rng(1)
     cands = candidates(rng, [2, 4])
     query = QueryEmbedding(text="q", tokens=["x", "y"], word_embeddings=unit(rng.normal(size=(2, 6))).astype(np.float32))
-    from encoders.scan import xattn_scores
+    from regionrank.encoders.scan import xattn_scores
 
     out = ScanReranker(direction="i2t", lambda_softmax=4.0, lambda_lse=5.0).rerank(query, cands)
     for k, c in enumerate(cands):
@@ -120,8 +120,8 @@ NORMS = ["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "cli
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("agg", ["LogSumExp", "Mean", "Max", "Sum"])
 def test_stacked_estimates_equal_the_padded_torch_estimates(direction: str, norm: str, agg: str) -> None:
-    from encoders.adapters import stacked_score_estimates
-    from encoders.scan import xattn_score_estimates
+    from regionrank.encoders.adapters import stacked_score_estimates
+    from regionrank.encoders.scan import xattn_score_estimates
 
     rng = np.random.default_rng(4)
     counts = np.array([5, 1, 0, 7, 3, 2])
@@ -151,7 +151,7 @@ def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
     counts = np.array([c.num_regions for c in cands])
     stacked = np.concatenate([c.region_embeddings for c in cands if c.num_regions])
     sims = stacked @ words.T
-    from encoders.scan import xattn_score_estimates
+    from regionrank.encoders.scan import xattn_score_estimates
     for direction in ("t2i", "i2t"):
         rr = ScanReranker(direction=direction, agg_func="Mean")
         est = rr.estimate(query, sims, counts)

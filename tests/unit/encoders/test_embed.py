@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import embed
-from encoders.checkpoint import model_hash, save_checkpoint
-from encoders.teran import TeranCfg, TeranModel, region_batch
-from encoders.text import build_random_text_model
-from storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
-from storage.records import Caption, RegionRecord
+from regionrank.encoders import embed
+from regionrank.encoders.checkpoint import model_hash, save_checkpoint
+from regionrank.encoders.teran import TeranCfg, TeranModel, region_batch
+from regionrank.encoders.text import build_random_text_model
+from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
+from regionrank.storage.records import Caption, RegionRecord
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=32)
@@ -102,8 +102,8 @@ def test_encode_captions_keeps_the_rows_the_alignment_uses(tmp_path):
 
 
 def test_scan_embeddings_include_start_and_end(regions, tmp_path):
-    scan = pytest.importorskip("encoders.scan")
-    from encoders.vocab import build_vocab
+    scan = pytest.importorskip("regionrank.encoders.scan")
+    from regionrank.encoders.vocab import build_vocab
 
     vocab = build_vocab(["a red cat", "a dog"], threshold=1)
     m = scan.ScanModel(len(vocab), img_dim=6, embed_size=8, word_dim=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.evaluation import (
+from regionrank.encoders.evaluation import (
     blockwise_similarity,
     evaluate,
     evaluate_folds,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoders.grounded import GroundedEncoder
-from encoders.teran import alignment_scores
-from encoders.text import build_random_text_model
-from storage import ImageEmbeddingStore, RegionStore
-from storage.records import RegionRecord
+from regionrank.encoders.grounded import GroundedEncoder
+from regionrank.encoders.teran import alignment_scores
+from regionrank.encoders.text import build_random_text_model
+from regionrank.storage import ImageEmbeddingStore, RegionStore
+from regionrank.storage.records import RegionRecord
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=32)
@@ -112,7 +112,7 @@ def test_encode_images_writes_labelled_records_and_resumes(encoder, tmp_path):
     out = ImageEmbeddingStore(tmp_path / "img")
     rep = encoder.encode_images(regions, out, image_ids=regions.ids()[:2])
     assert (rep.written, rep.encoder) == (2, "grounded-minilm")
-    from encoders.embed import encode_images
+    from regionrank.encoders.embed import encode_images
 
     rep = encode_images(encoder, regions, out, batch_size=1)  # the generic entry point delegates
     assert (rep.written, rep.skipped_existing) == (1, 2)

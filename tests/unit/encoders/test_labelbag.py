@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.labelbag import (
+from regionrank.encoders.labelbag import (
     COCO_SYNONYMS,
     LabelBagEncoder,
     label_bag_text,
@@ -15,8 +15,8 @@ from encoders.labelbag import (
     record_labels,
     sentence_embeddings,
 )
-from encoders.text import build_random_text_model
-from storage.records import RegionRecord
+from regionrank.encoders.text import build_random_text_model
+from regionrank.storage.records import RegionRecord
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=64)
@@ -159,7 +159,7 @@ def test_coco_synonyms_name_only_coco_labels_and_never_collide():
 def test_real_minilm_matches_sentence_transformers():
     """Our pooling reproduces sentence-transformers' own all-MiniLM-L6-v2 encoding (the reference)."""
     st = pytest.importorskip("sentence_transformers")
-    from encoders.text import default_text_model_path
+    from regionrank.encoders.text import default_text_model_path
 
     texts = ["a photo of 4 person, 2 potted plant", "A man riding a wave on top of a surfboard."]
     enc = LabelBagEncoder(LABELS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.losses import contrastive_loss
+from regionrank.encoders.losses import contrastive_loss
 
 
 def _loop_loss(s: np.ndarray, margin: float, max_violation: bool) -> float:

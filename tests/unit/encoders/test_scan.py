@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.losses import contrastive_loss
-from encoders.scan import (
+from regionrank.encoders.losses import contrastive_loss
+from regionrank.encoders.scan import (
     MeanPoolBaseline,
     ScanCfg,
     ScanModel,
@@ -113,7 +113,7 @@ def test_batched_equals_reference_loop_all_aggs_float32_chunked(direction: str, 
 
 
 def test_caption_groups_cover_sorted_captions_in_aligned_runs_of_near_equal_length() -> None:
-    from encoders.scan import _caption_groups
+    from regionrank.encoders.scan import _caption_groups
 
     lens = sorted([3] * 5 + [4] * 30 + [7] * 40 + [9] * 3)
     groups = _caption_groups(lens, 32)
@@ -302,7 +302,7 @@ def test_forward_weight_norm_variants_and_roundtrip(tmp_path) -> None:
 
 # ---- vocabulary (encoders/vocab.py, part of SCAN's text side) ---------------------------------------------
 def test_vocab_build_encode_roundtrip(tmp_path) -> None:
-    from encoders.vocab import SPECIAL_TOKENS, Vocabulary, build_vocab, tokenize
+    from regionrank.encoders.vocab import SPECIAL_TOKENS, Vocabulary, build_vocab, tokenize
 
     assert tokenize("A red-dog, LEFT of a car.") == ["a", "red", "-", "dog", ",", "left", "of", "a", "car", "."]
     caps = ["a red dog"] * 4 + ["a blue car"] * 3 + ["the cat"] * 5

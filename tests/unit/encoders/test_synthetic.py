@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.synthetic import (
+from regionrank.encoders.synthetic import (
     iter_compositional_chunks,
     make_compositional_dataset,
     twin_accuracy,
@@ -114,7 +114,7 @@ def test_twins_swap_attributes_and_defeat_global_pooling() -> None:
 
 
 def test_binding_ceiling_equals_phrase_count_from_text() -> None:
-    from encoders.synthetic import binding_ceiling
+    from regionrank.encoders.synthetic import binding_ceiling
 
     ds = make_compositional_dataset(120, feature_dim=4, seed=9, n_objects=10, n_attributes=8, regions_per_image=(2, 5))
     held = [{(ds.attribute_names[a], ds.object_names[o]) for o, a in zip(ds.objects[i], ds.attributes[i], strict=True)} for i in range(120)]
@@ -145,7 +145,7 @@ def test_twin_accuracy_oracle_and_chance() -> None:
 
 
 def test_write_to_store_roundtrip(tmp_path) -> None:
-    from storage import RegionStore, read_caption_table
+    from regionrank.storage import RegionStore, read_caption_table
 
     ds = make_compositional_dataset(9, feature_dim=16, seed=8)
     ids, caps = write_to_store(ds, tmp_path / "regions", tmp_path / "caps.parquet", split="test", rows_per_shard=4)
@@ -177,8 +177,8 @@ def test_argument_errors() -> None:
 @pytest.mark.slow
 def test_scan_learns_and_beats_global_pooling_on_twins(tmp_path) -> None:
     """Held-out proof of learning through the real trainer and region shards (a few CPU minutes)."""
-    from encoders.checkpoint import load_model
-    from encoders.training import train
+    from regionrank.encoders.checkpoint import load_model
+    from regionrank.encoders.training import train
 
     tr = make_compositional_dataset(1500, feature_dim=256, seed=0)
     te = make_compositional_dataset(500, feature_dim=256, seed=1)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import teran
-from encoders.teran import (
+from regionrank.encoders import teran
+from regionrank.encoders.teran import (
     POOLINGS,
     TeranCfg,
     TeranModel,
@@ -21,7 +21,7 @@ from encoders.teran import (
     spatial_features,
     trim_for_alignment,
 )
-from storage.records import RegionRecord
+from regionrank.storage.records import RegionRecord
 
 TINY_BERT = dict(
     hidden_size=32,
@@ -234,7 +234,7 @@ def test_region_batch_reserves_slot_zero_and_pads():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from encoders.text import build_random_text_model
+    from regionrank.encoders.text import build_random_text_model
 
     torch.manual_seed(0)
     tokenizer, bert = build_random_text_model(TINY_BERT)
@@ -275,7 +275,7 @@ def test_region_encoding_ignores_padding_and_region_order(tiny_model):
 
 
 def test_loss_backpropagates_to_every_trained_part(tiny_model):
-    pytest.importorskip("encoders.losses")
+    pytest.importorskip("regionrank.encoders.losses")
     rng = np.random.default_rng(5)
     model = TeranModel(tiny_model.cfg, tiny_model.text_backbone, tiny_model.tokenizer).train()
     out = model(region_batch(make_records(rng, 12, [3, 2])), model.tokenize(["a cat", "a dog on grass"]))
@@ -315,7 +315,7 @@ def test_registry_rejects_unknown_names_and_keys(tmp_path):
     cfg = tiny_cfg()
     assert TeranCfg.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="text_dim"):
-        from encoders.text import build_random_text_model
+        from regionrank.encoders.text import build_random_text_model
 
         tok, bert = build_random_text_model(dict(TINY_BERT, hidden_size=16))
         TeranModel(cfg, bert, tok)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import text
+from regionrank.encoders import text
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=32)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoders import training
-from encoders.checkpoint import latest_checkpoint, load_model, load_trainer_state
-from encoders.teran import TeranCfg
-from storage import RegionStore
-from storage.records import Caption, RegionRecord
+from regionrank.encoders import training
+from regionrank.encoders.checkpoint import latest_checkpoint, load_model, load_trainer_state
+from regionrank.encoders.teran import TeranCfg
+from regionrank.storage import RegionStore
+from regionrank.storage.records import Caption, RegionRecord
 
 TINY_BERT = dict(
     hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -148,7 +148,7 @@ def test_evaluate_matches_direct_scoring(dataset, tmp_path):
     metrics = training.evaluate(report.checkpoint, store, captions, split="val", image_block=2, caption_block=4)
     image_ids = list(dict.fromkeys(c.image_id for c in val))
     recs = store.get(image_ids)
-    from encoders.teran import region_batch
+    from regionrank.encoders.teran import region_batch
 
     with torch.no_grad():
         tokens = model.tokenize([c.text for c in val])
@@ -163,7 +163,7 @@ def test_evaluate_matches_direct_scoring(dataset, tmp_path):
 
 
 def test_scan_model_trains_and_resumes(dataset, tmp_path):
-    pytest.importorskip("encoders.scan")
+    pytest.importorskip("regionrank.encoders.scan")
     store, captions = dataset
     cfg = {"kind": "scan", "name": "scan-unit", "img_dim": 8, "embed_size": 16, "word_dim": 8, "batch_size": 4,
            "vocab_threshold": 1, "lr": 1e-3}
@@ -185,9 +185,9 @@ def test_teran_tiny_learns_the_compositional_benchmark_and_beats_global_pooling_
     """
     import json
 
-    synthetic = pytest.importorskip("encoders.synthetic")
-    from encoders import evaluation
-    from encoders.teran import load_teran_cfg
+    synthetic = pytest.importorskip("regionrank.encoders.synthetic")
+    from regionrank.encoders import evaluation
+    from regionrank.encoders.teran import load_teran_cfg
 
     kw = dict(feature_dim=64, regions_per_image=(3, 6), n_objects=24, n_attributes=8)
     train_ds = synthetic.make_compositional_dataset(1000, seed=0, **kw)
@@ -237,9 +237,9 @@ def test_training_on_cuda_with_amp_produces_a_cpu_loadable_checkpoint(dataset, t
 
 def test_evaluate_protocol_regroups_captions_five_per_image(tmp_path):
     """f30k1k on 1000 images whose captions arrive shuffled (6 for some images): only the first 5 count."""
-    scan = pytest.importorskip("encoders.scan")
-    from encoders import evaluation
-    from encoders.vocab import build_vocab
+    scan = pytest.importorskip("regionrank.encoders.scan")
+    from regionrank.encoders import evaluation
+    from regionrank.encoders.vocab import build_vocab
 
     rng = np.random.default_rng(0)
     words = [f"w{k}" for k in range(30)]
@@ -294,8 +294,8 @@ SCAN_COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(SCAN_COMMANDS))
 def test_shipped_scan_configs_are_the_reference_commands(name):
-    from encoders.scan import ScanModel
-    from encoders.teran import list_models
+    from regionrank.encoders.scan import ScanModel
+    from regionrank.encoders.teran import list_models
 
     assert name in list_models()
     direction, agg, lam_sm, lam_lse, lr, step, epochs = SCAN_COMMANDS[name]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from extractors import get_detector
-from extractors.butd import BottomUpCfg, BottomUpRCNN, CaffePreprocessor, caffe_anchors, create_butd_detector
-from extractors.detector import PreparedImage, StageTimer
+from regionrank.extractors import get_detector
+from regionrank.extractors.butd import BottomUpCfg, BottomUpRCNN, CaffePreprocessor, caffe_anchors, create_butd_detector
+from regionrank.extractors.detector import PreparedImage, StageTimer
 
 TINY = dict(
     blocks=(1, 1, 1, 1), num_classes=21, num_attributes=9, rpn_post_nms_top_n=24, rpn_pre_nms_top_n=500,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
+from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
 
 TINY = DecodeLimits(min_side=1)  # the colour-mode images are a few pixels wide
 

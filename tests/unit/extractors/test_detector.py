@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from extractors import config_hash, get_detector, list_detectors, register_detector
-from extractors.labels import coco_label_names, load_vg_attributes, load_vg_objects
+from regionrank.extractors import config_hash, get_detector, list_detectors, register_detector
+from regionrank.extractors.labels import coco_label_names, load_vg_attributes, load_vg_objects
 
 
 def test_registry_lists_every_backend():

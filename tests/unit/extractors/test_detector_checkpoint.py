@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.butd import BottomUpCfg, BottomUpRCNN, create_butd_detector
-from extractors.checkpoint import detect_checkpoint_format, map_checkpoint, read_checkpoint
+from regionrank.extractors.butd import BottomUpCfg, BottomUpRCNN, create_butd_detector
+from regionrank.extractors.checkpoint import detect_checkpoint_format, map_checkpoint, read_checkpoint
 
 BLOCKS = (1, 2, 1, 2)
 C, A = 11, 7  # classes incl. background, attributes incl. "no attribute"

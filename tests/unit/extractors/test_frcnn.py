@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from extractors import get_detector
+from regionrank.extractors import get_detector
 
 
 @pytest.fixture(scope="module")

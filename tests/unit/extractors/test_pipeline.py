@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from extractors import config_hash, decode_image, extract, get_detector, list_images
-from storage import RegionStore, image_id_for_file
+from regionrank.extractors import config_hash, decode_image, extract, get_detector, list_images
+from regionrank.storage import RegionStore, image_id_for_file
 
 TINY = dict(
     blocks=(1, 1, 1, 1), num_classes=21, num_attributes=9, rpn_post_nms_top_n=16, rpn_pre_nms_top_n=300,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.selection import bottom_up_max_conf, select_bottom_up
+from regionrank.extractors.selection import bottom_up_max_conf, select_bottom_up
 
 
 def _nms_reference(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
@@ -97,7 +97,7 @@ def test_bad_bounds_raise():
 def test_per_class_nms_equals_torchvision_nms_per_class(rng):
     from torchvision.ops import nms
 
-    from extractors.selection import per_class_nms
+    from regionrank.extractors.selection import per_class_nms
 
     boxes, probs = _problem(rng, 40, 8, 1.5)
     scores = torch.from_numpy(probs.T.copy())  # [K, R]

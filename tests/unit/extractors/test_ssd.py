@@ -20,7 +20,7 @@ COCO_MINI = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "co
 
 @pytest.fixture(scope="module")
 def ssd():
-    from extractors import get_detector
+    from regionrank.extractors import get_detector
 
     return get_detector("ssd-mobilenet-coco", feature_size=224, max_boxes=8)
 
@@ -72,7 +72,7 @@ def test_contract_scene_box_and_one_forward_per_batch(ssd, rng, monkeypatch):
 
 
 def test_weights_argument_is_refused():
-    from extractors import get_detector
+    from regionrank.extractors import get_detector
 
     with pytest.raises(ValueError, match="packaged model files"):
         get_detector("ssd-mobilenet-coco", weights="x.pb")
@@ -83,7 +83,7 @@ def test_weights_argument_is_refused():
 def test_finds_people_in_real_photos_whose_captions_mention_them(ssd):
     import cv2
 
-    from extractors import decode_image
+    from regionrank.extractors import decode_image
 
     meta = json.loads((COCO_MINI / "dataset_coco_mini.json").read_text())
     people = re.compile(r"\b(man|woman|men|women|person|people|boy|girl)\b")
@@ -103,8 +103,8 @@ def test_finds_people_in_real_photos_whose_captions_mention_them(ssd):
 
 
 def test_extract_with_the_demo_detector(ssd, tmp_path, good_images):
-    from extractors import config_hash, extract
-    from storage import RegionStore
+    from regionrank.extractors import config_hash, extract
+    from regionrank.storage import RegionStore
 
     rep = extract(tmp_path / "good", tmp_path / "store", detector=ssd, num_workers=0, batch_size=4)
     store = RegionStore(tmp_path / "store")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from regionrank.flows.cli import app
 
 runner = CliRunner()
 COMMANDS = ["index", "reindex", "search", "demo", "status", "detectors", "train", "evaluate", "import-features", "serve"]
@@ -43,7 +43,7 @@ def test_detectors_lists_the_registry() -> None:
 def test_configs_reject_bad_values(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from flows.config import ExtractConfig, IndexConfig, SearchConfig
+    from regionrank.flows.config import ExtractConfig, IndexConfig, SearchConfig
 
     with pytest.raises(ValidationError, match="detector weights file not found"):
         ExtractConfig(weights=tmp_path / "missing.pth")
@@ -54,7 +54,7 @@ def test_configs_reject_bad_values(tmp_path: Path) -> None:
 
 
 def test_resolve_device() -> None:
-    from flows.device import resolve_device
+    from regionrank.flows.device import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
@@ -63,8 +63,8 @@ def test_resolve_device() -> None:
 
 
 def test_workspace_refuses_a_second_detector(tmp_path: Path) -> None:
-    from flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
-    from flows.pipeline import load_workspace_config, save_workspace_config
+    from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
+    from regionrank.flows.pipeline import load_workspace_config, save_workspace_config
 
     ws = Workspace(root=tmp_path)
     save_workspace_config(ws, ExtractConfig(detector="ssd-mobilenet-coco"), EncodeConfig(), IndexConfig())
@@ -77,9 +77,9 @@ def test_workspace_refuses_a_second_detector(tmp_path: Path) -> None:
 def test_caption_table_from_karpathy_json_hashes_the_images_beside_it(tmp_path: Path) -> None:
     import json
 
-    from flows.commands import caption_table
-    from flows.config import Workspace
-    from storage import image_id_for_bytes, read_caption_table
+    from regionrank.flows.commands import caption_table
+    from regionrank.flows.config import Workspace
+    from regionrank.storage import image_id_for_bytes, read_caption_table
 
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "images" / "a.jpg").write_bytes(b"photo-a")

@@ -6,7 +6,7 @@ from uuid import uuid4
 
 import pytest
 
-from flows import monitoring
+from regionrank.flows import monitoring
 
 
 class _Clock:

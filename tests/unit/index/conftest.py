@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from index_testdata import Scene, unit, write_images
 
-from storage import CaptionEmbeddingStore, ImageEmbeddingStore
-from storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord
+from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore
+from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from index.twostage import RerankOutput
-from index.version import VersionedDir
-from storage import ImageEmbeddingStore
-from storage.records import ImageEmbeddingRecord, QueryEmbedding
+from regionrank.index.twostage import RerankOutput
+from regionrank.index.version import VersionedDir
+from regionrank.storage import ImageEmbeddingStore
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
 DIM = 32
 N_CONCEPTS = 40

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.alignment import maxsim_candidates, mrsw_align
-from index.tuning import exact_knn
+from regionrank.index.alignment import maxsim_candidates, mrsw_align
+from regionrank.index.tuning import exact_knn
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_maxsim_candidates_handles_missing_results() -> None:
 
 @pytest.mark.parametrize("pad_to", [None, 36, 4])
 def test_stacked_mrsw_equals_the_per_item_form_with_ties_and_empty_items(pad_to: int | None) -> None:
-    from index.alignment import mrsw_align_stacked
+    from regionrank.index.alignment import mrsw_align_stacked
 
     rng = np.random.default_rng(3)
     words = rng.standard_normal((3, 8)).astype(np.float32)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 
-from index import _faiss
-from index.ann import AnnIndex
-from index.spec import IndexSpec
-from index.tuning import exact_knn
+from regionrank.index import _faiss
+from regionrank.index.ann import AnnIndex
+from regionrank.index.spec import IndexSpec
+from regionrank.index.tuning import exact_knn
 
 
 def data(seed: int, n: int = 2000, d: int = 16) -> np.ndarray:

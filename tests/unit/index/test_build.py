@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import index
-from index.tuning import RecallProbe, exact_knn
-from index.version import IndexBusyError, VersionedDir
-from storage import ImageEmbeddingStore
-from storage.records import ImageEmbeddingRecord
+from regionrank import index
+from regionrank.index.tuning import RecallProbe, exact_knn
+from regionrank.index.version import IndexBusyError, VersionedDir
+from regionrank.storage import ImageEmbeddingStore
+from regionrank.storage.records import ImageEmbeddingRecord
 
 from index_testdata import Scene, lock_held_elsewhere, write_images
 

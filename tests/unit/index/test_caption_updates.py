@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import index
-from index.tuning import RecallProbe
-from storage.records import CaptionEmbeddingRecord
+from regionrank import index
+from regionrank.index.tuning import RecallProbe
+from regionrank.storage.records import CaptionEmbeddingRecord
 
 from index_testdata import BagOfWordsEncoder, write_images
 

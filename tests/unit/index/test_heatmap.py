@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index.heatmap import render_heatmap
-from index.twostage import SearchHit, WordExplanation
+from regionrank.index.heatmap import render_heatmap
+from regionrank.index.twostage import SearchHit, WordExplanation
 
 
 def make_hit(width: int = 200, height: int = 100) -> SearchHit:

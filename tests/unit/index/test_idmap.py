@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.idmap import MAX_REGIONS, SLOT_BITS, IdMap
+from regionrank.index.idmap import MAX_REGIONS, SLOT_BITS, IdMap
 
 
 def test_ids_are_stable_across_remove_and_re_add(tmp_path: Path) -> None:

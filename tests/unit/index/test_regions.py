@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from index_testdata import BagOfWordsEncoder, NumpyScanReranker, Scene, write_images
 
-import index
-from index.regions import REGIONS_DIR, RegionMatrix
+from regionrank import index
+from regionrank.index.regions import REGIONS_DIR, RegionMatrix
 
 QUERIES = ["c1 c5", "c3 c12 c30", "c7 c8", "c20 c21 c22 c23"]
 

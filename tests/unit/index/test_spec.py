@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index.ann import AnnIndex
-from index.spec import FLAT_MAX_VECTORS, HNSW_MAX_VECTORS, IndexSpec, choose_spec, parse_memory
+from regionrank.index.ann import AnnIndex
+from regionrank.index.spec import FLAT_MAX_VECTORS, HNSW_MAX_VECTORS, IndexSpec, choose_spec, parse_memory
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.ann import AnnIndex
-from index.spec import IndexSpec
-from index.tuning import (
+from regionrank.index.ann import AnnIndex
+from regionrank.index.spec import IndexSpec
+from regionrank.index.tuning import (
     RecallProbe,
     drop_self,
     exact_knn,
@@ -225,7 +225,7 @@ def test_probe_round_trips(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("n", "family"), [(30_000, "hnsw"), (120_000, "ivf")])
 def test_automatic_choice_meets_the_target_on_fresh_queries_at_scale(n: int, family: str) -> None:
-    from index.build import build_vector_index
+    from regionrank.index.build import build_vector_index
 
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((n // 50, 64))

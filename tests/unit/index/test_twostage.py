@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from index_testdata import BagOfWordsEncoder, EstimatingScanReranker, NumpyScanReranker, Scene, scan_t2i, write_images
 
-import index
-from index.twostage import QueryEncoder, RerankOutput, Reranker, exhaustive_search, fuse_scores
-from storage import ImageEmbeddingStore
-from storage.records import ImageEmbeddingRecord, QueryEmbedding
+from regionrank import index
+from regionrank.index.twostage import QueryEncoder, RerankOutput, Reranker, exhaustive_search, fuse_scores
+from regionrank.storage import ImageEmbeddingStore
+from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
 QUERIES = ["c1 c5", "c3 c12 c30", "c7 c8", "c20 c21 c22 c23", "c0", "c39 c2"]
 

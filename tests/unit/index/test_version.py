@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from index_testdata import lock_held_elsewhere
 
-from index.version import IndexBusyError, VersionedDir
+from regionrank.index.version import IndexBusyError, VersionedDir
 
 
 def publish(vd: VersionedDir, text: str) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import (
+from regionrank.storage import (
     external_image_id,
     image_id_for_bytes,
     read_caption_table,

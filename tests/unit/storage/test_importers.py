@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import RegionStore, external_image_id, import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
+from regionrank.storage import RegionStore, external_image_id, import_bottomup_tsv, import_milvlg_npz, import_scan_precomp
 
 
 def _b64(a: np.ndarray) -> str:

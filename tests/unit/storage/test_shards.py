@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import (
+from regionrank.storage import (
     CAPTION_EMBEDDING_SCHEMA_V1,
     IMAGE_EMBEDDING_SCHEMA_V1,
     REGION_SCHEMA_V1,
@@ -208,7 +208,7 @@ def test_concurrent_writers_publish_distinct_shards(tmp_path: Path, rng: np.rand
 
 
 def test_short_lock_timeout_names_the_holder(tmp_path: Path, rng: np.random.Generator) -> None:
-    from storage import exclusive_lock
+    from regionrank.storage import exclusive_lock
 
     with exclusive_lock(tmp_path / ".write.lock"):
         with pytest.raises(StoreLockedError, match=r"another writer holds the lock.*pid \d+"):
