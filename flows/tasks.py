@@ -80,23 +80,22 @@ def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, de
 @task(name="build-index", **_RETRY)
 def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
     """Build (or rebuild) the FAISS indexes from every stored image embedding and publish a version."""
-    from regionrank.flows.device import resolve_faiss_gpus
-    from regionrank.index import build_indexes
-
-    manifest = build_indexes(ws.image_embeddings, ws.index_dir, kind=cfg.kinds, memory_budget=cfg.memory_budget,
-                             target_recall=cfg.target_recall, seed=cfg.seed, ngpu=resolve_faiss_gpus(cfg.ngpu))
-    return json.loads(manifest.to_json())
+    return _update_or_build(ws, cfg, None, rebuild=True)
 
 
 @task(name="update-index", **_RETRY)
 def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> dict[str, Any]:
     """Add images to the current index version incrementally (or build it if none exists)."""
-    from regionrank.flows.device import resolve_faiss_gpus
-    from regionrank.index import add_images, versions
+    return _update_or_build(ws, cfg, image_ids, rebuild=False)
 
-    if not versions(ws.index_dir):
-        return build_index_task.fn(ws, cfg)
-    manifest = add_images(ws.index_dir, ws.image_embeddings, image_ids, ngpu=resolve_faiss_gpus(cfg.ngpu))
+
+def _update_or_build(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None, *, rebuild: bool) -> dict[str, Any]:
+    from regionrank.flows.device import resolve_faiss_gpus
+    from regionrank.index import update_or_build
+
+    manifest = update_or_build(ws.index_dir, ws.image_embeddings, image_ids, rebuild=rebuild,
+                               ngpu=resolve_faiss_gpus(cfg.ngpu), kind=cfg.kinds, memory_budget=cfg.memory_budget,
+                               target_recall=cfg.target_recall, seed=cfg.seed)
     return json.loads(manifest.to_json())
 
 

@@ -23,6 +23,7 @@ from regionrank.index.build import (
     remove_captions,
     remove_images,
     rollback,
+    update_or_build,
     versions,
 )
 from regionrank.index.heatmap import render_heatmap
@@ -87,5 +88,6 @@ __all__ = [
     "remove_images",
     "render_heatmap",
     "rollback",
+    "update_or_build",
     "versions",
 ]

@@ -740,3 +740,24 @@ def rollback(out_dir: str | Path, *, lock_timeout: float = 60.0) -> Manifest:
     vd = VersionedDir(out_dir)
     with vd.lock(lock_timeout):
         return Manifest.read(vd.path(vd.rollback()))
+
+
+def update_or_build(
+    out_dir: str | Path,
+    embeddings: Any,
+    image_ids: Sequence[str] | None = None,
+    *,
+    rebuild: bool = False,
+    ngpu: int = 0,
+    **build_kwargs: Any,
+) -> Manifest:
+    """The one decision "add to the current version, or build one": every run path calls this.
+
+    Builds a new version from every stored image (``build_indexes(embeddings, out_dir, **build_kwargs)``)
+    when ``rebuild`` is set, when ``image_ids`` is ``None`` or when nothing is published yet; otherwise
+    adds ``image_ids`` to the current version (:func:`add_images`, which skips ids already indexed and
+    rebuilds by itself when growth or drift call for it).
+    """
+    if rebuild or image_ids is None or not versions(out_dir):
+        return build_indexes(embeddings, out_dir, ngpu=ngpu, **build_kwargs)
+    return add_images(out_dir, embeddings, image_ids, ngpu=ngpu)
