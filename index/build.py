@@ -686,7 +686,7 @@ class IndexHandle:
                              f"build it with kind=(..., {kind!r})")
         return self.indexes[kind]
 
-    def search_global(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+    def search_global(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by global vector.
 
         Args:
@@ -694,12 +694,10 @@ class IndexHandle:
             k: results per query.
 
         Returns:
-            ``(scores float32[Q, k'], item_ids)`` with ``item_ids[q]`` the ids of row ``q`` (missing
-            results dropped, so rows may be shorter than ``k``).
+            ``(scores float32[Q, k], item_int int64[Q, k])``, the items' int ids (``idmap.image_id``
+            names them), ``-1`` where missing (missing results come last in a row).
         """
-        scores, ids = self._get("global").search(np.atleast_2d(xq), k)
-        out = [[self.idmap.image_id(i) for i in row if i >= 0] for row in ids]
-        return scores, out
+        return self._get("global").search(np.atleast_2d(xq), k)
 
     def search_multi(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest regions (or caption words) of each query vector.

@@ -515,7 +515,8 @@ class Searcher:
         if not self._uses_global(query):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scores_g, ids_g = h.search_global(np.asarray(query.global_embedding, np.float32)[None], self.global_k)
-        ids = h.idmap.lookup(ids_g[0])
+        row = np.asarray(ids_g[0], np.int64)
+        ids = row[row >= 0]
         return ids, np.asarray(scores_g[0][: len(ids)], np.float32)
 
     def _score_new(
@@ -798,9 +799,9 @@ def caption_search(
             cand[c] = cand.get(c, 0.0) + s
     if "global" in handle.indexes and image.global_embedding is not None:
         scores_g, ids_g = handle.search_global(np.asarray(image.global_embedding, np.float32)[None], n_candidates)
-        for s, cid in zip(scores_g[0], ids_g[0], strict=False):
-            c = int(handle.idmap.lookup([cid])[0])
-            cand[c] = max(cand.get(c, -np.inf), float(s))
+        for s, c in zip(scores_g[0], ids_g[0], strict=True):
+            if c >= 0:
+                cand[int(c)] = max(cand.get(int(c), -np.inf), float(s))
     if not cand:
         return []
     top = sorted(cand, key=lambda c: -cand[c])[:n_candidates]

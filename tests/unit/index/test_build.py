@@ -44,7 +44,8 @@ def test_build_auto_chooses_flat_and_records_everything(tmp_path: Path, image_st
     assert index.Manifest.read(vdir) == m
     h = index.open_index(tmp_path / "idx")
     q = np.stack([np.asarray(records[i].global_embedding, np.float32) for i in (3, 50, 400)])
-    _, got = h.search_global(q, 5)
+    _, got_int = h.search_global(q, 5)
+    got = [[h.idmap.image_id(i) for i in row if i >= 0] for row in got_int]
     assert got == exact_global(f16(records), q, 5)
     # the region index maps every region back to its image and slot
     rec = records[7]
@@ -83,7 +84,8 @@ def test_add_then_remove_matches_exact_search(tmp_path: Path, scene: Scene) -> N
     alive = f16(records[40:260])
     h = index.open_index(tmp_path / "idx")
     q = np.stack([np.asarray(r.global_embedding, np.float32) for r in records[:60]])  # removed + kept
-    _, got = h.search_global(q, 8)
+    _, got_int = h.search_global(q, 8)
+    got = [[h.idmap.image_id(i) for i in row if i >= 0] for row in got_int]
     assert got == exact_global(alive, q, 8)
     reg = np.concatenate([r.region_embeddings for r in alive]).astype(np.float32)
     owners = np.repeat([r.image_id for r in alive], [r.num_regions for r in alive])

@@ -21,7 +21,7 @@ def mrsw(words: np.ndarray, regions: np.ndarray) -> float:
 
 def global_top1(h: index.IndexHandle, rec: CaptionEmbeddingRecord) -> str:
     _, ids = h.search_global(np.asarray(rec.global_embedding, np.float32)[None], 1)
-    return ids[0][0]
+    return h.idmap.image_id(int(ids[0][0]))
 
 
 def test_add_then_remove_captions(tmp_path: Path, caption_store) -> None:
