@@ -44,7 +44,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regionrank.encoders.losses import contrastive_loss  # noqa: E402
-from regionrank.encoders.scan import MeanPoolBaseline, ScanModel, l2norm, xattn_scores  # noqa: E402
+from regionrank.encoders.scan import l2norm, xattn_scores  # noqa: E402
+from regionrank.encoders.scan_model import MeanPoolBaseline, ScanModel  # noqa: E402
 
 LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
 
@@ -180,7 +181,7 @@ def bench_teran_encoding(n_images: int, n_captions: int) -> dict[str, Any]:
     try:
         from regionrank.encoders.embed import encode_region_records, encode_texts
         from regionrank.encoders.synthetic import make_compositional_dataset
-        from regionrank.encoders.teran import create_encoder
+        from regionrank.encoders.registry import create_encoder
 
         torch.manual_seed(0)
         model = create_encoder("teran-coco").eval()
@@ -261,7 +262,7 @@ def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> 
         model = load_model(report.checkpoint).eval()
         with torch.no_grad():
             tokens, lens = model.vocab.encode_batch(te.captions)
-            sims = model.score(model.encode_images(feats), region_lens, model.encode_captions(tokens, lens), lens)
+            sims = model.score(model.embed_regions(feats), region_lens, model.embed_words(tokens, lens), lens)
         twins = twin_accuracy(sims, te)
         for row in curve:
             print(f"{kind:14s} epoch {row['epoch']}: loss {row['loss']:8.2f}  held-out i2t R@1 {row['i2t_r1']:5.1f}  "

@@ -342,7 +342,7 @@ def teran_sanity(store_dir: Path, captions: Sequence[Caption], out_dir: Path, *,
         ``before`` / ``after`` (t2i and i2t R@1/5/10 in percent on ``test``), ``curve`` (per epoch: loss,
         val t2i R@1/R@5), ``train_pairs``, ``seconds``.
     """
-    from regionrank.encoders.teran import create_encoder, load_teran_cfg
+    from regionrank.encoders.registry import create_encoder, load_teran_cfg
     from regionrank.encoders.training import evaluate, train
 
     cfg = load_teran_cfg("teran-tiny").replace(feature_dim=1280)

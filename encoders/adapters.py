@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from regionrank.encoders.embed import encode_texts
+from regionrank.encoders.embed import encode_texts, resolve_model
+from regionrank.encoders.scan import Agg, Direction, RawNorm, xattn_i2t_attention, xattn_scores, xattn_t2i_attention
+from regionrank.encoders.scan_estimate import scan_score_estimates
+from regionrank.encoders.teran import TeranModel
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
 __all__ = ["GroundedQueryEncoder", "RerankResult", "ScanReranker", "TeranQueryEncoder"]
@@ -38,11 +41,10 @@ class TeranQueryEncoder:
     """
 
     def __init__(self, model: Any, *, device: torch.device | str = "cpu") -> None:
-        from regionrank.encoders.embed import resolve_model
-
-        self.model = resolve_model(model, device=device).eval()
-        if getattr(self.model, "kind", None) != "teran":
-            raise TypeError(f"TeranQueryEncoder needs a TERAN model; got {type(self.model).__name__}")
+        resolved = resolve_model(model, device=device)
+        if not isinstance(resolved, TeranModel):
+            raise TypeError(f"TeranQueryEncoder needs a TERAN model; got {type(resolved).__name__}")
+        self.model = resolved.eval()
         self.device = torch.device(device)
 
     def prepare(self, text: str) -> str:
@@ -113,20 +115,18 @@ class ScanReranker:
     def __init__(
         self,
         *,
-        direction: str = "t2i",
-        raw_feature_norm: str = "clipped_l2norm",
-        agg_func: str = "LogSumExp",
+        direction: Direction = "t2i",
+        raw_feature_norm: RawNorm = "clipped_l2norm",
+        agg_func: Agg = "LogSumExp",
         lambda_softmax: float = 9.0,
         lambda_lse: float = 6.0,
         device: torch.device | str = "cpu",
         max_candidates_per_chunk: int = 256,
     ) -> None:
-        from regionrank.encoders.scan import xattn_scores
-
         # Validate the options once, on a dummy pair, so a typo fails at construction time.
         one = torch.ones(1, 1, 1)
-        xattn_scores(one, one, [1], direction=direction, raw_feature_norm=raw_feature_norm,  # type: ignore[arg-type]
-                     agg_func=agg_func, lambda_softmax=lambda_softmax, lambda_lse=lambda_lse)  # type: ignore[arg-type]
+        xattn_scores(one, one, [1], direction=direction, raw_feature_norm=raw_feature_norm,
+                     agg_func=agg_func, lambda_softmax=lambda_softmax, lambda_lse=lambda_lse)
         if max_candidates_per_chunk < 1:
             raise ValueError(f"max_candidates_per_chunk must be >= 1; got {max_candidates_per_chunk}")
         self.direction = direction
@@ -151,8 +151,6 @@ class ScanReranker:
         return self._run(query, candidates, with_weights=False).scores
 
     def _run(self, query: QueryEmbedding, candidates: Sequence[ImageEmbeddingRecord], *, with_weights: bool) -> RerankResult:
-        from regionrank.encoders.scan import xattn_i2t_attention, xattn_scores, xattn_t2i_attention
-
         words_np = np.asarray(query.word_embeddings, dtype=np.float32)
         n_words, dim = words_np.shape
         if n_words == 0:
@@ -174,16 +172,16 @@ class ScanReranker:
                 images[i, : c.num_regions] = c.region_embeddings
             img = torch.from_numpy(images).to(self.device)
             with torch.no_grad():
-                s = xattn_scores(img, words[None], [n_words], direction=self.direction,  # type: ignore[arg-type]
-                                 raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,  # type: ignore[arg-type]
+                s = xattn_scores(img, words[None], [n_words], direction=self.direction,
+                                 raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,
                                  lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse, region_lens=lens)
                 if not with_weights:
                     att = None
                 elif self.direction == "t2i":
-                    att = xattn_t2i_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
+                    att = xattn_t2i_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,
                                               lambda_softmax=self.lambda_softmax)  # [K, L, R]
                 else:
-                    att = xattn_i2t_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,  # type: ignore[arg-type]
+                    att = xattn_i2t_attention(img, lens, words, raw_feature_norm=self.raw_feature_norm,
                                               lambda_softmax=self.lambda_softmax).transpose(1, 2)  # [K, L, R]
             scores[c0 : c0 + len(chunk)] = s[:, 0].float().cpu().numpy()
             if att is not None:
@@ -195,8 +193,8 @@ class ScanReranker:
         """Estimated SCAN scores of many candidates from their word-region cosines (no region vectors).
 
         ``index``'s two-stage search already holds, for exact MrSw, the cosine of every query word with
-        every region of its candidates; from those this returns :func:`encoders.scan.xattn_score_estimates`
-        (SCAN with the attended vectors' norm taken as 1, computed by :func:`stacked_score_estimates`).
+        every region of its candidates; from those this returns
+        :func:`encoders.scan_estimate.scan_score_estimates` (SCAN with the attended vectors' norm taken as 1).
         It keeps SCAN's attention weights and aggregation (LogSumExp favours one strongly matched word,
         where MrSw sums every word's best match), so it orders candidates for re-ranking closer to SCAN
         than MrSw does. It does not see the norm: SCAN's gain for an image whose attention averages
@@ -214,7 +212,7 @@ class ScanReranker:
         n_words = len(query.tokens) if query.word_embeddings is None else int(np.shape(query.word_embeddings)[0])
         if sims.ndim != 2 or sims.shape[0] != int(counts.sum()) or sims.shape[1] != n_words:
             raise ValueError(f"sims must be (sum(counts)={int(counts.sum())}, {n_words} query words); got {tuple(sims.shape)}")
-        return stacked_score_estimates(np.asarray(sims, np.float32), counts, direction=self.direction,
+        return scan_score_estimates(np.asarray(sims, np.float32), counts, direction=self.direction,
                                        raw_feature_norm=self.raw_feature_norm, agg_func=self.agg_func,
                                        lambda_softmax=self.lambda_softmax, lambda_lse=self.lambda_lse)
 
@@ -237,70 +235,3 @@ class ScanReranker:
         else:
             out = {"Mean": m.mean, "Max": m.max, "Sum": m.sum}[self.agg_func](axis=1)
         return out.astype(np.float32)
-
-
-def stacked_score_estimates(
-    sims: np.ndarray, counts: np.ndarray, *, direction: str, raw_feature_norm: str, agg_func: str,
-    lambda_softmax: float, lambda_lse: float,
-) -> np.ndarray:
-    """:func:`encoders.scan.xattn_score_estimates` in numpy on the stacked layout ``sims[sum(counts), L]``
-    (segment reductions instead of a padded tensor: the two-stage search calls it on a few thousand
-    candidates per query, where padding to the largest region count and small-axis reductions in torch
-    cost more than the arithmetic). A candidate without regions scores as one region of cosine 0."""
-    counts = np.asarray(counts, dtype=np.int64)
-    n, n_words = counts.size, sims.shape[1]
-    if n == 0:
-        return np.zeros(0, np.float32)
-    if (counts == 0).any():  # one zero region each, as the padded form does
-        rows = np.repeat(np.arange(n), counts)
-        lens = np.maximum(counts, 1)
-        full = np.zeros((int(lens.sum()), n_words), np.float32)
-        full[(np.cumsum(lens) - lens)[rows] + (np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts))] = sims
-        sims, counts = full, lens
-    starts = np.cumsum(counts) - counts
-    eps, slope = 1e-8, 0.1  # SCAN's epsilon and LeakyReLU slope (encoders.scan)
-
-    def seg_sum(x: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(x, starts, axis=0)
-
-    def normalise(x: np.ndarray, over_words: bool) -> np.ndarray:  # Step A across the query axis
-        if raw_feature_norm == "softmax":
-            if over_words:
-                e = np.exp(x - x.max(axis=1, keepdims=True))
-                return e / e.sum(axis=1, keepdims=True)
-            e = np.exp(x - np.repeat(np.maximum.reduceat(x, starts, axis=0), counts, axis=0))
-            return e / np.repeat(seg_sum(e), counts, axis=0)
-        if raw_feature_norm.startswith("clipped"):
-            x = np.where(x > 0, x, slope * x)
-        if raw_feature_norm in ("clipped", "no_norm"):
-            return x
-        if raw_feature_norm.endswith("l2norm"):
-            norm = np.sqrt((x * x).sum(axis=1, keepdims=True)) if over_words else np.repeat(np.sqrt(seg_sum(x * x)), counts, axis=0)
-        else:
-            norm = np.abs(x).sum(axis=1, keepdims=True) if over_words else np.repeat(seg_sum(np.abs(x)), counts, axis=0)
-        return x / (norm + eps)
-
-    if direction == "t2i":  # context = regions (softmax within each image), query = words
-        logits = lambda_softmax * normalise(sims, over_words=True)
-        e = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts, axis=0), counts, axis=0))
-        rel = seg_sum(e * sims) / seg_sum(e)  # [N, L]
-        if agg_func == "LogSumExp":
-            m = rel.max(axis=1, keepdims=True)
-            out = (np.log(np.exp(lambda_lse * (rel - m)).sum(axis=1)) / lambda_lse + m[:, 0])
-        else:
-            out = {"Mean": rel.mean(axis=1), "Max": rel.max(axis=1), "Sum": rel.sum(axis=1)}[agg_func]
-        return out.astype(np.float32)
-    # i2t: context = words (softmax over each region's row), query = regions (aggregated within each image)
-    logits = lambda_softmax * normalise(sims, over_words=False)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    rel = (e * sims).sum(axis=1) / e.sum(axis=1)  # [sum R]
-    if agg_func == "LogSumExp":
-        m = np.maximum.reduceat(rel, starts)
-        out = np.log(np.add.reduceat(np.exp(lambda_lse * (rel - np.repeat(m, counts))), starts)) / lambda_lse + m
-    elif agg_func == "Mean":
-        out = np.add.reduceat(rel, starts) / counts
-    elif agg_func == "Max":
-        out = np.maximum.reduceat(rel, starts)
-    else:
-        out = np.add.reduceat(rel, starts)
-    return out.astype(np.float32)

@@ -1,9 +1,9 @@
-"""Checkpoints of TERAN and SCAN models: safetensors weights + JSON config + tokenizer or vocabulary.
+"""Checkpoints of registered models (TERAN, SCAN): safetensors weights + JSON config + their own files.
 
 A checkpoint is a folder, published atomically (written under a temporary name, then renamed)::
 
     model.safetensors     every parameter and buffer of the model (``state_dict``)
-    model_config.json     {"format": ..., "kind": "teran" | "scan", "config": {...}, "encoder_hash": ...}
+    model_config.json     {"format": ..., "kind": <family in encoders.registry>, "config": {...}, "encoder_hash": ...}
     text_model/           TERAN: the text backbone's config.json and tokenizer files (no weights: they
                           are in model.safetensors), so a checkpoint loads without the original folder
     vocab.json            SCAN: the vocabulary
@@ -15,7 +15,6 @@ Nothing here unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+
+from regionrank.encoders.protocol import CheckpointableModel
+from regionrank.encoders.registry import MODEL_FAMILIES, model_family
+from regionrank.encoders.scan_model import VOCAB_FILE
+from regionrank.encoders.teran import TEXT_DIR
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -37,7 +40,6 @@ __all__ = [
     "model_hash",
     "model_kind",
     "save_checkpoint",
-    "update_with_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,59 +48,33 @@ CHECKPOINT_FORMAT = "regionrank-checkpoint-v1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 TRAINER_FILE = "trainer_state.pt"
-TEXT_DIR = "text_model"
-VOCAB_FILE = "vocab.json"
 _EPOCH_RE = re.compile(r"^epoch-(\d{4,})$")
 
-_SCAN_KINDS = ("scan", "scan-meanpool")
+def model_kind(model: object) -> str:
+    """The registered family name of a checkpointable model; TypeError for anything else."""
+    if not isinstance(model, CheckpointableModel):
+        raise TypeError(
+            f"cannot checkpoint a {type(model).__name__}; supported: {', '.join(c.__name__ for c in MODEL_FAMILIES.values())}"
+        )
+    return model.kind
 
 
-def model_kind(model: nn.Module) -> str:
-    """``"teran"``, ``"scan"`` or ``"scan-meanpool"``; TypeError for any other module."""
-    if getattr(model, "kind", None) == "teran":
-        return "teran"
-    from regionrank.encoders.scan import MeanPoolBaseline, ScanModel
-
-    if isinstance(model, MeanPoolBaseline):
-        return "scan-meanpool"
-    if isinstance(model, ScanModel):
-        return "scan"
-    raise TypeError(f"cannot checkpoint a {type(model).__name__}; supported: TeranModel, ScanModel, MeanPoolBaseline")
-
-
-def model_config(model: nn.Module) -> dict[str, Any]:
+def model_config(model: CheckpointableModel) -> dict[str, Any]:
     """The JSON config that rebuilds ``model`` (``{"kind": ..., "config": {...}}``)."""
-    kind = model_kind(model)
-    if kind == "teran":
-        cfg = model.cfg.to_dict()  # type: ignore[attr-defined]
-        cfg["_text_pooler"] = getattr(model.text_backbone, "pooler", None) is not None  # type: ignore[attr-defined]
-    else:
-        cfg = model.cfg.to_dict()  # type: ignore[attr-defined]
-    return {"kind": kind, "config": cfg}
+    return {"kind": model_kind(model), "config": model.checkpoint_config()}
 
 
-def model_hash(model: nn.Module) -> str:
+def model_hash(model: CheckpointableModel) -> str:
     """sha256 hex of the model's config and every tensor of its ``state_dict`` (order-independent).
 
     Two models hash equal exactly when they have the same architecture config and bit-identical weights;
     the embedding stores record it as ``encoder_hash``.
     """
-    h = hashlib.sha256(json.dumps(model_config(model), sort_keys=True).encode())
-    update_with_weights(h, model)
-    return h.hexdigest()
+    model_kind(model)
+    return model.fingerprint()
 
 
-def update_with_weights(hasher: Any, module: nn.Module) -> None:
-    """Feed every ``state_dict`` tensor of ``module`` (name, dtype, shape, bytes; sorted by name) to ``hasher``."""
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        hasher.update(name.encode())
-        hasher.update(str(t.dtype).encode())
-        hasher.update(str(tuple(t.shape)).encode())
-        hasher.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, trainer_state: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: CheckpointableModel, *, trainer_state: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (and optionally the trainer state) as a checkpoint folder, atomically.
 
     Args:
@@ -122,14 +98,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, trainer_s
     save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT, "kind": kind})
     meta = {"format": CHECKPOINT_FORMAT, **model_config(model), "encoder_hash": model_hash(model)}
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if kind == "teran":
-        model.text_backbone.config.save_pretrained(str(tmp / TEXT_DIR))  # type: ignore[attr-defined]
-        model.tokenizer.save_pretrained(str(tmp / TEXT_DIR))  # type: ignore[attr-defined]
-    else:
-        vocab = getattr(model, "vocab", None)
-        if vocab is None:
-            raise ValueError("a SCAN model needs its vocabulary to be checkpointed: set model.vocab = Vocabulary(...)")
-        vocab.save(tmp / VOCAB_FILE)
+    model.save_checkpoint_files(tmp)
     if trainer_state is not None:
         torch.save(dict(trainer_state), tmp / TRAINER_FILE)
     if final.exists():
@@ -160,7 +129,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 def load_model(
     path: str | os.PathLike[str], *, device: torch.device | str = "cpu", text_model_path: str | Path | None = None
-) -> nn.Module:
+) -> CheckpointableModel:
     """Rebuild a model from a checkpoint folder (weights from safetensors; no pickle).
 
     Args:
@@ -185,18 +154,15 @@ def load_model(
             folder = latest
     meta = _read_meta(folder)
     kind = meta.get("kind")
-    if kind == "teran":
-        model = _build_teran(meta["config"], folder, text_model_path)
-    elif kind in _SCAN_KINDS:
-        model = _build_scan(kind, meta["config"], folder)
-    else:
-        raise ValueError(f"checkpoint {str(folder)!r} holds model kind {kind!r}; known kinds: teran, {_SCAN_KINDS}")
+    family = model_family(str(kind), where=f"checkpoint {str(folder)!r}")
+    model = family.from_checkpoint(meta["config"], folder, text_model_path=text_model_path)
     state = load_file(str(folder / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"weights in {str(folder)!r} do not match its {kind} config: {exc}") from exc
-    return model.to(device).eval()
+    model.to(device).eval()
+    return model
 
 
 def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -224,29 +190,3 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
             if best is None or int(m.group(1)) > best[0]:
                 best = (int(m.group(1)), child)
     return None if best is None else best[1]
-
-
-def _build_teran(config: Mapping[str, Any], folder: Path, text_model_path: str | Path | None) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
-    from regionrank.encoders.teran import TeranCfg, TeranModel
-    from regionrank.encoders.text import load_tokenizer
-
-    data = dict(config)
-    pooler = bool(data.pop("_text_pooler", True))
-    cfg = TeranCfg.from_dict(data)
-    text_dir = Path(text_model_path) if text_model_path is not None else folder / TEXT_DIR
-    bert_cfg = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
-    kwargs = {} if pooler else {"add_pooling_layer": False}
-    text_model = AutoModel.from_config(bert_cfg, **kwargs)
-    return TeranModel(cfg, text_model, load_tokenizer(text_dir))
-
-
-def _build_scan(kind: str, config: Mapping[str, Any], folder: Path) -> nn.Module:
-    from regionrank.encoders.scan import MeanPoolBaseline, ScanModel
-    from regionrank.encoders.vocab import Vocabulary
-
-    cls = MeanPoolBaseline if kind == "scan-meanpool" else ScanModel
-    model = cls(**dict(config))
-    model.vocab = Vocabulary.load(folder / VOCAB_FILE)
-    return model

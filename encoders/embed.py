@@ -1,8 +1,9 @@
 """Encode region shards and captions with a trained model and write the embedding shards.
 
 Owns the batched, no-grad encoding of :class:`~storage.records.RegionRecord` s and caption texts by a
-TERAN or SCAN model (:func:`encode_region_records`, :func:`encode_texts`), and the resumable writers
-:func:`encode_images` / :func:`encode_captions` that skip ids already stored.
+``encoders.protocol.RetrievalModel`` (:func:`encode_region_records`, :func:`encode_texts`), and the
+resumable store writers :func:`write_image_embeddings` / :func:`write_caption_embeddings` that skip ids
+already stored.
 
 What is stored (all L2-normalised, float16 on disk):
 
@@ -16,10 +17,11 @@ What is stored (all L2-normalised, float16 on disk):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,44 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from regionrank.encoders.checkpoint import model_hash, model_kind
+from regionrank.encoders.protocol import EncodedCaption, EncodedImage, RetrievalModel
 from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
 from regionrank.storage.records import Caption, CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
 
 __all__ = [
     "EmbedReport",
-    "EncodedCaption",
-    "EncodedImage",
-    "encode_captions",
-    "encode_images",
     "encode_region_records",
     "encode_texts",
     "encoder_name",
     "resolve_model",
+    "write_caption_embeddings",
+    "write_image_embeddings",
 ]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class EncodedImage:
-    """One encoded image: ``region_embeddings`` ``float32[n, E]`` and ``global_embedding`` ``float32[E]`` or None."""
-
-    region_embeddings: np.ndarray
-    global_embedding: np.ndarray | None
-
-
-@dataclass
-class EncodedCaption:
-    """One encoded caption: ``tokens`` (one per row), ``word_embeddings`` ``float32[L, E]``, ``global_embedding``."""
-
-    tokens: list[str]
-    word_embeddings: np.ndarray
-    global_embedding: np.ndarray | None
 
 
 @dataclass
@@ -79,65 +61,52 @@ class EmbedReport:
     seconds: float
 
 
-def resolve_model(checkpoint_or_model: nn.Module | str | os.PathLike[str], *, device: torch.device | str = "cpu") -> nn.Module:
-    """A model object as is (moved to ``device``), or the model of a checkpoint folder."""
-    if isinstance(checkpoint_or_model, nn.Module):
-        return checkpoint_or_model.to(device)
+def resolve_model(
+    checkpoint_or_model: RetrievalModel | str | os.PathLike[str], *, device: torch.device | str = "cpu"
+) -> RetrievalModel:
+    """A model object as is (a torch model moved to ``device``), or the model of a checkpoint folder."""
+    if isinstance(checkpoint_or_model, RetrievalModel):
+        if isinstance(checkpoint_or_model, nn.Module):
+            checkpoint_or_model.to(device)
+        return checkpoint_or_model
     from regionrank.encoders.checkpoint import load_model
 
     return load_model(Path(checkpoint_or_model), device=device)
 
 
-def encoder_name(model: nn.Module) -> str:
-    """The name recorded in the embedding stores: the TERAN config name, or ``scan-<direction>``."""
-    kind = model_kind(model)
-    if kind == "teran":
-        return str(model.cfg.name)  # type: ignore[attr-defined]
-    return f"{kind}-{model.cfg.direction}" if kind == "scan" else kind  # type: ignore[attr-defined]
+def encoder_name(model: RetrievalModel) -> str:
+    """The name recorded in the embedding stores: the TERAN config name, ``scan-<direction>``, ..."""
+    return model.encoder_name
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def _eval_mode(model: RetrievalModel) -> Iterator[None]:
+    """No grad, and eval mode for a torch model (its training mode is restored afterwards)."""
+    with torch.no_grad():
+        if not isinstance(model, nn.Module):
+            yield
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+
 def encode_region_records(
-    model: nn.Module, records: Sequence[RegionRecord], *, device: torch.device | str = "cpu"
+    model: RetrievalModel, records: Sequence[RegionRecord], *, device: torch.device | str = "cpu"
 ) -> list[EncodedImage]:
     """Encode one batch of region records (eval mode, no grad).
 
     Returns:
         One :class:`EncodedImage` per record, with exactly ``record.num_regions`` region rows.
     """
-    from regionrank.encoders.teran import region_batch
-
-    kind = model_kind(model)
-    was_training = model.training
-    model.eval()
-    try:
-        if kind == "teran":
-            batch = region_batch(records).to(device)
-            region_emb, glob = model.encode_regions(batch)  # type: ignore[attr-defined]
-            region_emb, glob = region_emb.float().cpu().numpy(), glob.float().cpu().numpy()
-            return [
-                EncodedImage(region_emb[i, 1 : 1 + r.num_regions].copy(), glob[i].copy()) for i, r in enumerate(records)
-            ]
-        batch = region_batch(records, reserved_slot=False).to(device)
-        emb = model.encode_images(batch.features)  # type: ignore[attr-defined]
-        out = []
-        for i, r in enumerate(records):
-            vecs = emb[i, : r.num_regions].float()
-            glob = F.normalize(vecs.mean(dim=0), dim=0).cpu().numpy() if kind == "scan-meanpool" else None
-            out.append(EncodedImage(vecs.cpu().numpy(), glob))
-        return out
-    finally:
-        model.train(was_training)
+    with _eval_mode(model):
+        return model.embed_image_records(records, device=device)
 
 
-def teran_caption_rows(lengths: torch.Tensor, reference_trim: bool) -> list[slice]:
-    """Rows of TERAN's word output that the alignment uses, per caption (see ``trim_for_alignment``)."""
-    drop_tail = 2 if reference_trim else 1
-    return [slice(1, max(1, int(n) - drop_tail)) for n in lengths]
-
-
-@torch.no_grad()
-def encode_texts(model: nn.Module, texts: Sequence[str], *, device: torch.device | str = "cpu") -> list[EncodedCaption]:
+def encode_texts(model: RetrievalModel, texts: Sequence[str], *, device: torch.device | str = "cpu") -> list[EncodedCaption]:
     """Encode one batch of caption texts (eval mode, no grad).
 
     Returns:
@@ -148,33 +117,8 @@ def encode_texts(model: nn.Module, texts: Sequence[str], *, device: torch.device
     """
     if len(texts) == 0:
         raise ValueError("encode_texts needs at least one text")
-    kind = model_kind(model)
-    was_training = model.training
-    model.eval()
-    try:
-        if kind == "teran":
-            tokens = model.tokenize(texts).to(device)  # type: ignore[attr-defined]
-            word_emb, glob = model.encode_text(tokens)  # type: ignore[attr-defined]
-            word_emb, glob = word_emb.float().cpu().numpy(), glob.float().cpu().numpy()
-            rows = teran_caption_rows(tokens.lengths, model.cfg.reference_trim)  # type: ignore[attr-defined]
-            return [
-                EncodedCaption(list(tokens.tokens[i][rows[i]]), word_emb[i, rows[i]].copy(), glob[i].copy())
-                for i in range(len(texts))
-            ]
-        vocab = getattr(model, "vocab", None)
-        if vocab is None:
-            raise ValueError("this SCAN model has no vocabulary attached: set model.vocab or load it from a checkpoint")
-        ids, lens = vocab.encode_batch(list(texts))
-        emb = model.encode_captions(ids.to(device), lens)  # type: ignore[attr-defined]
-        out = []
-        for i in range(len(texts)):
-            n = int(lens[i])
-            vecs = emb[i, :n].float()
-            glob = F.normalize(vecs.mean(dim=0), dim=0).cpu().numpy() if kind == "scan-meanpool" else None
-            out.append(EncodedCaption([vocab.id_to_word(int(t)) for t in ids[i, :n]], vecs.cpu().numpy(), glob))
-        return out
-    finally:
-        model.train(was_training)
+    with _eval_mode(model):
+        return model.embed_caption_texts(texts, device=device)
 
 
 def check_store_owner(store: Any, ids: Sequence[str], encoder_hash: str) -> None:
@@ -188,8 +132,8 @@ def check_store_owner(store: Any, ids: Sequence[str], encoder_hash: str) -> None
         )
 
 
-def encode_images(
-    checkpoint_or_model: Any,
+def write_image_embeddings(
+    checkpoint_or_model: RetrievalModel | str | os.PathLike[str],
     region_store: RegionStore | str | os.PathLike[str],
     out: ImageEmbeddingStore | str | os.PathLike[str],
     *,
@@ -204,8 +148,8 @@ def encode_images(
     Ids already in ``out`` are skipped, so an interrupted run resumes where it stopped.
 
     Args:
-        checkpoint_or_model: a model, a checkpoint folder, or an ``encoders.grounded.GroundedEncoder``
-            (then its own ``encode_images`` runs; ``device`` is the encoder's).
+        checkpoint_or_model: a model (any ``encoders.protocol.RetrievalModel``, e.g. an
+            ``encoders.grounded.GroundedEncoder``, whose device is its own) or a checkpoint folder.
         region_store: the region shards (store or path).
         out: the image-embedding store (store or path); one model per store.
         device: where the model runs.
@@ -220,17 +164,12 @@ def encode_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if hasattr(checkpoint_or_model, "encode_record"):  # the label-grounded baseline encodes by itself
-        return checkpoint_or_model.encode_images(  # type: ignore[union-attr]
-            region_store, out, batch_size=batch_size, image_ids=image_ids, rows_per_shard=rows_per_shard,
-            progress=progress,
-        )
     start = time.perf_counter()
     model = resolve_model(checkpoint_or_model, device=device)
     regions = region_store if isinstance(region_store, RegionStore) else RegionStore(region_store)
     store = out if isinstance(out, ImageEmbeddingStore) else ImageEmbeddingStore(out)
     ids = list(dict.fromkeys(regions.ids() if image_ids is None else image_ids))
-    name, digest = encoder_name(model), model_hash(model)
+    name, digest = model.encoder_name, model.fingerprint()
     check_store_owner(store, ids, digest)
 
     def make(keys: list[str]) -> list[ImageEmbeddingRecord]:
@@ -244,12 +183,13 @@ def encode_images(
                 global_embedding=enc.global_embedding,
                 width=rec.width,
                 height=rec.height,
+                labels=enc.labels,
             )
             for rec, enc in zip(records, encode_region_records(model, records, device=device))
         ]
 
     todo = store.missing(ids)
-    written = write_in_batches(store, (name, digest), _embed_dim(model), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
+    written = write_in_batches(store, (name, digest), model.embed_dim, todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
                              progress=progress)
     return EmbedReport(name, digest, len(ids), written, len(ids) - len(todo), time.perf_counter() - start)
 
@@ -279,14 +219,8 @@ def write_in_batches(
     return written
 
 
-def _embed_dim(model: nn.Module) -> int:
-    if model_kind(model) == "teran":
-        return int(model.cfg.embed_dim)  # type: ignore[attr-defined]
-    return int(model.cfg.embed_size)  # type: ignore[attr-defined]
-
-
-def encode_captions(
-    checkpoint_or_model: nn.Module | str | os.PathLike[str],
+def write_caption_embeddings(
+    checkpoint_or_model: RetrievalModel | str | os.PathLike[str],
     captions: Sequence[Caption],
     out: CaptionEmbeddingStore | str | os.PathLike[str],
     *,
@@ -301,7 +235,7 @@ def encode_captions(
         checkpoint_or_model: a model or a checkpoint folder.
         captions: the caption rows (``storage.read_caption_table`` / ``read_karpathy_json``).
         out: the caption-embedding store (store or path); one model per store.
-        device / batch_size / rows_per_shard / progress: as in :func:`encode_images`.
+        device / batch_size / rows_per_shard / progress: as in :func:`write_image_embeddings`.
 
     Raises:
         ValueError: duplicate caption ids, or ``out`` holds ids written by another model.
@@ -316,7 +250,7 @@ def encode_captions(
         by_id[cap.caption_id] = cap
     model = resolve_model(checkpoint_or_model, device=device)
     store = out if isinstance(out, CaptionEmbeddingStore) else CaptionEmbeddingStore(out)
-    name, digest = encoder_name(model), model_hash(model)
+    name, digest = model.encoder_name, model.fingerprint()
     ids = list(by_id)
     check_store_owner(store, ids, digest)
 
@@ -335,6 +269,6 @@ def encode_captions(
         ]
 
     todo = store.missing(ids)
-    written = write_in_batches(store, (name, digest), _embed_dim(model), todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
+    written = write_in_batches(store, (name, digest), model.embed_dim, todo, make, batch_size=batch_size, rows_per_shard=rows_per_shard,
                              progress=progress)
     return EmbedReport(name, digest, len(ids), written, len(ids) - len(todo), time.perf_counter() - start)

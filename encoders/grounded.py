@@ -51,18 +51,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Collection, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from regionrank.encoders.checkpoint import update_with_weights
-from regionrank.encoders.embed import EmbedReport
+from regionrank.encoders.fingerprint import update_with_weights
+from regionrank.encoders.protocol import EncodedCaption, EncodedImage
+from regionrank.encoders.teran import alignment_scores
 from regionrank.encoders.text import STOP_WORDS, embed_words, load_text_model, split_words, tokenize
-from regionrank.storage import ImageEmbeddingStore, RegionStore
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding, RegionRecord
 
 __all__ = ["GroundedEncoder"]
@@ -339,35 +337,38 @@ class GroundedEncoder:
         return QueryEmbedding(text=text, tokens=words, word_embeddings=vecs,
                               global_embedding=self.sentence_embeddings([text])[0])
 
-    # ------------------------------------------------------------------ stores
+    # ------------------------------------------------------------------ RetrievalModel
 
-    def encode_images(
-        self,
-        region_store: RegionStore | str | os.PathLike[str],
-        out: ImageEmbeddingStore | str | os.PathLike[str],
-        *,
-        batch_size: int = 256,
-        image_ids: Sequence[str] | None = None,
-        rows_per_shard: int = 512,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> EmbedReport:
-        """Write the image-embedding shards of a region store; ids already in ``out`` are skipped.
+    @property
+    def encoder_name(self) -> str:
+        return self.name
 
-        Raises:
-            ValueError: ``out`` holds ids written by another encoder; a record without usable labels.
-        """
-        from regionrank.encoders.embed import check_store_owner, write_in_batches
+    def fingerprint(self) -> str:
+        return self.encoder_hash
 
-        start = time.perf_counter()
-        regions = region_store if isinstance(region_store, RegionStore) else RegionStore(Path(region_store))
-        store = out if isinstance(out, ImageEmbeddingStore) else ImageEmbeddingStore(Path(out))
-        ids = list(dict.fromkeys(regions.ids() if image_ids is None else image_ids))
-        check_store_owner(store, ids, self.encoder_hash)
-        todo = store.missing(ids)
-        written = write_in_batches(
-            store, (self.name, self.encoder_hash), self.embed_dim, todo,
-            lambda keys: [self.encode_record(r) for r in regions.get(keys)],
-            batch_size=batch_size, rows_per_shard=rows_per_shard, progress=progress,
-        )
-        return EmbedReport(self.name, self.encoder_hash, len(ids), written, len(ids) - len(todo),
-                           time.perf_counter() - start)
+    def embed_image_records(
+        self, records: Sequence[RegionRecord], *, device: torch.device | str | None = None
+    ) -> list[EncodedImage]:
+        """:meth:`encode_record` of each record (``device`` is unused: the encoder runs on its own)."""
+        out = []
+        for record in records:
+            rec = self.encode_record(record)
+            out.append(EncodedImage(rec.region_embeddings, rec.global_embedding, rec.labels))
+        return out
+
+    def embed_caption_texts(
+        self, texts: Sequence[str], *, device: torch.device | str | None = None
+    ) -> list[EncodedCaption]:
+        """:meth:`encode_query` of each text (``device`` is unused: the encoder runs on its own)."""
+        out = []
+        for text in texts:
+            q = self.encode_query(text)
+            out.append(EncodedCaption(list(q.tokens), np.asarray(q.word_embeddings, np.float32), q.global_embedding))
+        return out
+
+    def score_encoded(
+        self, regions: torch.Tensor, region_lens: torch.Tensor, words: torch.Tensor, word_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """MrSw alignment (``encoders.teran.alignment_scores``) of padded encoded collections."""
+        dev = regions.device
+        return alignment_scores(regions, region_lens.to(dev), words, word_lens.to(dev), pooling="MrSw")

@@ -359,7 +359,7 @@ class LabelBagEncoder:
             return [natural_bag_text(b)[0] for b in bags]
         return [label_bag_text(b) for b in bags]
 
-    def encode_images(self, records: Sequence[RegionRecord], *, batch_size: int = 64) -> np.ndarray:
+    def embed_label_bags(self, records: Sequence[RegionRecord], *, batch_size: int = 64) -> np.ndarray:
         """``float32[len(records), H]`` unit sentence vectors of the images' label bags."""
         return self.encode_texts(self.image_texts(records), batch_size=batch_size)
 
@@ -369,4 +369,4 @@ class LabelBagEncoder:
 
     def scores(self, records: Sequence[RegionRecord], captions: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """``float32[n_image, n_caption]`` cosine similarity of each image's label bag with each caption."""
-        return self.encode_images(records, batch_size=batch_size) @ self.encode_texts(captions, batch_size=batch_size).T
+        return self.embed_label_bags(records, batch_size=batch_size) @ self.encode_texts(captions, batch_size=batch_size).T

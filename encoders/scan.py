@@ -2,8 +2,10 @@
 
 Owns the batched cross-attention scorer (:func:`xattn_scores`), the attention maps used for
 explanations (:func:`xattn_t2i_attention`, :func:`xattn_i2t_attention`), SCAN's image and text
-encoders and :class:`ScanModel`, plus the global-pooling baseline (:func:`mean_pool_scores`,
-:class:`MeanPoolBaseline`) used to show what cross attention buys. The math follows the reference
+and the global-pooling baseline scorer (:func:`mean_pool_scores`) used to show what cross attention
+buys, and SCAN's constants (:data:`SCAN_EPS`, :data:`CLIPPED_LEAKY_SLOPE`). The trainable model
+(encoders, ``ScanModel``) is in ``encoders.scan_model``; the score estimate from raw cosines that the
+two-stage search uses is in ``encoders.scan_estimate``. The math follows the reference
 *code* (kuanghuei/SCAN ``model.py``), restated in ALGORITHMS.md §3; each reproduced quirk is named
 where it is implemented.
 
@@ -26,29 +28,24 @@ Implementation notes (not in the reference; results are identical up to float ro
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = [
+    "CLIPPED_LEAKY_SLOPE",
+    "DEFAULT_CHUNK_PAIRS",
+    "SCAN_EPS",
     "Agg",
     "Direction",
-    "MeanPoolBaseline",
     "RawNorm",
-    "ScanCfg",
-    "ScanImageEncoder",
-    "ScanModel",
-    "ScanTextEncoder",
+    "check_choice",
+    "checked_lengths",
     "l2norm",
     "mean_pool_scores",
     "xattn_i2t_attention",
-    "xattn_score_estimates",
     "xattn_scores",
     "xattn_t2i_attention",
 ]
@@ -57,9 +54,11 @@ RawNorm = Literal["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1no
 Agg = Literal["LogSumExp", "Mean", "Max", "Sum"]
 Direction = Literal["t2i", "i2t"]
 
-_EPS = 1e-8  # SCAN's epsilon: added to norms (l2norm / l1norm) and the floor of the cosine denominator
-_LEAKY_SLOPE = 0.1  # reference quirk: "clipped" norms use LeakyReLU(0.1), the paper writes ReLU
-_DEFAULT_CHUNK = 8192  # image-caption pairs scored at once (~110 MB of activations at R=36, L=16)
+#: SCAN's epsilon: added to norms (l2norm / l1norm) and the floor of the cosine denominator.
+SCAN_EPS = 1e-8
+#: Reference quirk: "clipped" norms use LeakyReLU(0.1), the paper writes ReLU.
+CLIPPED_LEAKY_SLOPE = 0.1
+DEFAULT_CHUNK_PAIRS = 8192  # image-caption pairs scored at once (~110 MB of activations at R=36, L=16)
 
 
 def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -68,16 +67,18 @@ def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     ``torch.linalg.vector_norm`` has a zero gradient at the zero vector (``sqrt(Σx²)`` has NaN there),
     which matters for the all-zero padded positions of the GRU output.
     """
-    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + _EPS)
+    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + SCAN_EPS)
 
 
-def _check_choice(name: str, value: str, allowed: Any) -> None:
+def check_choice(name: str, value: str, allowed: Any) -> None:
+    """ValueError naming ``value`` and the options unless it is one of the ``Literal`` type ``allowed``."""
     options = get_args(allowed)
     if value not in options:
         raise ValueError(f"{name} must be one of {list(options)}; got {value!r}")
 
 
-def _lengths(name: str, lens: Any, n: int, limit: int, device: torch.device) -> torch.Tensor:
+def checked_lengths(name: str, lens: Any, n: int, limit: int, device: torch.device) -> torch.Tensor:
+    """``lens`` as a ``LongTensor[n]`` on ``device``; ValueError unless integers in ``[1, limit]``."""
     t = torch.as_tensor(lens, device=device)
     if t.shape != (n,) or t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must be an integer sequence of length {n}; got shape {tuple(t.shape)} dtype {t.dtype}")
@@ -100,14 +101,14 @@ def _normalise_raw(
             s = s.masked_fill(~query_mask, float("-inf"))
         return torch.softmax(s, dim=qdim) * scale
     if norm.startswith("clipped"):
-        s = F.leaky_relu(s, _LEAKY_SLOPE)
+        s = F.leaky_relu(s, CLIPPED_LEAKY_SLOPE)
     if norm in ("clipped", "no_norm"):
         return s * scale  # per query item: padded queries never reach the aggregation
     if norm.endswith("l2norm"):
-        return s / ((torch.linalg.vector_norm(s, dim=qdim, keepdim=True) + _EPS) / scale)
+        return s / ((torch.linalg.vector_norm(s, dim=qdim, keepdim=True) + SCAN_EPS) / scale)
     # l1 variants: the reference calls an undefined ``l1norm_d`` (NameError); this is the formula of
     # its own, never-called ``l1norm`` function. There are no reference outputs to compare against.
-    return s / ((s.abs().sum(dim=qdim, keepdim=True) + _EPS) / scale)
+    return s / ((s.abs().sum(dim=qdim, keepdim=True) + SCAN_EPS) / scale)
 
 
 def _attention(
@@ -150,7 +151,7 @@ def _relevance(
     dot = (alpha * s).sum(dim=cdim)  # <q_j, a_j> = Σ_i α_ij <c_i, q_j>
     sq = (alpha * g_alpha).sum(dim=cdim)  # ‖a_j‖² = α_jᵀ G α_j
     norm_a = sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
-    return dot / (query_norm * norm_a).clamp_min(_EPS)
+    return dot / (query_norm * norm_a).clamp_min(SCAN_EPS)
 
 
 def _validate_pair(images: torch.Tensor, captions: torch.Tensor) -> None:
@@ -177,7 +178,7 @@ def xattn_scores(
     lambda_softmax: float = 9.0,
     lambda_lse: float = 6.0,
     region_lens: Any | None = None,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_PAIRS,
 ) -> torch.Tensor:
     """SCAN similarity of every image with every caption (ALGORITHMS.md §3.2-3.3).
 
@@ -218,9 +219,9 @@ def xattn_scores(
         TypeError / ValueError: on malformed inputs or unknown variant names (the message names the value).
     """
     _validate_pair(images, captions)
-    _check_choice("direction", direction, Direction)
-    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
-    _check_choice("agg_func", agg_func, Agg)
+    check_choice("direction", direction, Direction)
+    check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    check_choice("agg_func", agg_func, Agg)
     if lambda_softmax <= 0 or lambda_lse <= 0:
         raise ValueError(f"lambda_softmax and lambda_lse must be > 0; got {lambda_softmax}, {lambda_lse}")
     if chunk_size < 1:
@@ -228,8 +229,8 @@ def xattn_scores(
     n_image, n_region, _ = images.shape
     n_caption, max_len, _ = captions.shape
     dev = images.device
-    cap_len = _lengths("cap_lens", cap_lens, n_caption, max_len, dev)
-    reg_len = None if region_lens is None else _lengths("region_lens", region_lens, n_image, n_region, dev)
+    cap_len = checked_lengths("cap_lens", cap_lens, n_caption, max_len, dev)
+    reg_len = None if region_lens is None else checked_lengths("region_lens", region_lens, n_image, n_region, dev)
     if n_image == 0 or n_caption == 0:
         return images.new_empty(n_image, n_caption)
     # Captions sorted by length and grouped by (nearly) equal length, so hardly any padded word goes
@@ -360,7 +361,7 @@ def _one_query(
     n_image, n_region, _ = images.shape
     if region_lens is None:
         return images, None
-    reg_len = _lengths("region_lens", region_lens, n_image, n_region, images.device)
+    reg_len = checked_lengths("region_lens", region_lens, n_image, n_region, images.device)
     mask = torch.arange(n_region, device=images.device)[None, :] < reg_len[:, None]  # [ni, R]
     return images * mask[..., None].to(images.dtype), mask  # padded regions score exactly 0 (see _normalise_raw)
 
@@ -385,7 +386,7 @@ def xattn_t2i_attention(
         ``Tensor[n_image, L, R]``: ``α[i, j, r]``, the weight word ``j`` gives region ``r`` of image ``i``;
         each ``[i, j, :]`` sums to 1 and padded regions are 0.
     """
-    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
     images, mask = _one_query(images, region_lens, words)
     s = (images @ words.t())[:, :, None]  # [ni, R, 1, L]: context = regions (dim 1)
     ctx = None if mask is None else mask[:, :, None, None]
@@ -408,61 +409,11 @@ def xattn_i2t_attention(
         ``Tensor[n_image, R, L]``: ``α[i, r, j]``, the weight region ``r`` of image ``i`` gives word ``j``;
         each row sums to 1 (rows of padded regions are computed but meaningless).
     """
-    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
+    check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
     images, mask = _one_query(images, region_lens, words)
     s = (words @ images.reshape(-1, images.shape[-1]).t()).view(1, words.shape[0], *images.shape[:2])  # [1, L, ni, R]
     q_mask = None if mask is None else mask[None, None]
     return _attention(s, raw_feature_norm, lambda_softmax, None, q_mask, cdim=1, qdim=3)[0].permute(1, 2, 0)
-
-
-def xattn_score_estimates(
-    sims: torch.Tensor,
-    region_lens: Any | None = None,
-    *,
-    direction: Direction = "t2i",
-    raw_feature_norm: RawNorm = "clipped_l2norm",
-    agg_func: Agg = "LogSumExp",
-    lambda_softmax: float = 9.0,
-    lambda_lse: float = 6.0,
-) -> torch.Tensor:
-    """SCAN scores of one caption against many images estimated from the raw word-region cosines alone.
-
-    Steps A and B of :func:`xattn_scores` only need the raw scores ``s_ij``, and so does the numerator
-    of Step C's relevance, ``<q_j, a_j> = Σ_i α_ij s_ij``. Its denominator ``‖a_j‖`` needs the context
-    Gram matrix; for unit context vectors ``a_j`` is a convex combination, so ``‖a_j‖ <= 1``. This
-    takes ``‖a_j‖ = 1``: each relevance is replaced by ``<q_j, a_j>``, a lower bound of it where it is
-    non-negative, and Step D aggregates those (LogSumExp and Mean are monotone, so the estimate bounds
-    the score from below when every relevance is non-negative). The gap is largest where the attention
-    spreads over several dissimilar context items. A first stage that already holds the cosines
-    (``index``'s exact MrSw) gets it for a few element-wise passes, no matrix product with ``d``.
-
-    Args:
-        sims: ``Tensor[n_image, R, L]`` raw cosines of each image's regions with the caption's words;
-            padded regions (beyond ``region_lens``) must hold 0.
-        region_lens: ``int[n_image]`` true region counts in ``[1, R]``, or None (all valid).
-        direction / raw_feature_norm / agg_func / lambda_softmax / lambda_lse: as in :func:`xattn_scores`.
-
-    Returns:
-        ``Tensor[n_image]`` estimated scores.
-    """
-    _check_choice("direction", direction, Direction)
-    _check_choice("raw_feature_norm", raw_feature_norm, RawNorm)
-    _check_choice("agg_func", agg_func, Agg)
-    if not isinstance(sims, torch.Tensor) or sims.ndim != 3 or not sims.is_floating_point():
-        raise ValueError(f"sims must be a floating-point [n_image, R, L] tensor; got {getattr(sims, 'shape', type(sims))}")
-    n_image, n_region, _ = sims.shape
-    mask = None
-    if region_lens is not None:
-        reg_len = _lengths("region_lens", region_lens, n_image, n_region, sims.device)
-        mask = torch.arange(n_region, device=sims.device)[None, :] < reg_len[:, None]  # [ni, R]
-    if direction == "t2i":  # context = regions (dim 1), query = words (dim 2)
-        alpha = _attention(sims, raw_feature_norm, lambda_softmax, None if mask is None else mask[..., None], None,
-                           cdim=1, qdim=2)
-        return _aggregate((alpha * sims).sum(dim=1), agg_func, lambda_lse, None)
-    # i2t: context = words (dim 2), query = regions (dim 1)
-    alpha = _attention(sims, raw_feature_norm, lambda_softmax, None, None if mask is None else mask[..., None],
-                       cdim=2, qdim=1)
-    return _aggregate((alpha * sims).sum(dim=2), agg_func, lambda_lse, mask)
 
 
 def mean_pool_scores(
@@ -479,247 +430,15 @@ def mean_pool_scores(
     _validate_pair(images, captions)
     n_image, n_region, _ = images.shape
     n_caption, max_len, _ = captions.shape
-    cap_len = _lengths("cap_lens", cap_lens, n_caption, max_len, images.device)
+    cap_len = checked_lengths("cap_lens", cap_lens, n_caption, max_len, images.device)
     w_mask = (torch.arange(max_len, device=images.device)[None] < cap_len[:, None]).to(captions.dtype)
     cap_vec = (captions * w_mask[..., None]).sum(1) / cap_len[:, None].to(captions.dtype)
     if region_lens is None:
         img_vec = images.mean(1)
     else:
-        reg_len = _lengths("region_lens", region_lens, n_image, n_region, images.device)
+        reg_len = checked_lengths("region_lens", region_lens, n_image, n_region, images.device)
         r_mask = (torch.arange(n_region, device=images.device)[None] < reg_len[:, None]).to(images.dtype)
         img_vec = (images * r_mask[..., None]).sum(1) / reg_len[:, None].to(images.dtype)
     return l2norm(img_vec) @ l2norm(cap_vec).t()
 
 
-@dataclass(frozen=True)
-class ScanCfg:
-    """Architecture and scoring configuration of a SCAN model (reference ``train.py`` options).
-
-    ``bi_gru`` defaults to True because every published SCAN model was trained with ``--bi_gru``
-    (the reference flag defaults to False). ``direction`` / ``lambda_*`` / ``agg_func`` default to
-    the t2i LogSumExp model.
-    """
-
-    vocab_size: int
-    img_dim: int = 2048
-    embed_size: int = 1024
-    word_dim: int = 300
-    num_layers: int = 1
-    bi_gru: bool = True
-    direction: Direction = "t2i"
-    raw_feature_norm: RawNorm = "clipped_l2norm"
-    agg_func: Agg = "LogSumExp"
-    lambda_softmax: float = 9.0
-    lambda_lse: float = 6.0
-    no_imgnorm: bool = False
-    no_txtnorm: bool = False
-    weight_norm: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "img_dim", "embed_size", "word_dim", "num_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ScanCfg.{name} must be >= 1; got {getattr(self, name)}")
-        if self.vocab_size < 5:
-            raise ValueError(f"ScanCfg.vocab_size must count the 4 special tokens plus words; got {self.vocab_size}")
-        _check_choice("direction", self.direction, Direction)
-        _check_choice("raw_feature_norm", self.raw_feature_norm, RawNorm)
-        _check_choice("agg_func", self.agg_func, Agg)
-        if self.lambda_softmax <= 0 or self.lambda_lse <= 0:
-            raise ValueError(f"lambda_softmax and lambda_lse must be > 0; got {self.lambda_softmax}, {self.lambda_lse}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a JSON-serialisable dict (``ScanCfg(**d)`` rebuilds it)."""
-        return asdict(self)
-
-
-class ScanImageEncoder(nn.Module):
-    """SCAN's precomputed-feature image encoder: one affine map per region, then SCAN's L2 norm.
-
-    ``weight_norm=False`` (``precomp_enc_type basic``): weights uniform in ``±√6/√(in + out)``, bias 0.
-    ``weight_norm=True``: the layer under weight normalisation with one scale for the whole matrix
-    and PyTorch's default Linear init (the reference does not re-initialise that variant).
-
-    Args:
-        img_dim: input feature size (2048 for bottom-up features).
-        embed_size: joint space size.
-        no_imgnorm: skip the final normalisation.
-        weight_norm: use the weight-normalised layer.
-    """
-
-    def __init__(self, img_dim: int = 2048, embed_size: int = 1024, *, no_imgnorm: bool = False, weight_norm: bool = False) -> None:
-        super().__init__()
-        self.no_imgnorm = no_imgnorm
-        fc = nn.Linear(img_dim, embed_size)
-        if weight_norm:
-            self.fc: nn.Module = nn.utils.parametrizations.weight_norm(fc, dim=None)
-        else:
-            bound = math.sqrt(6.0) / math.sqrt(img_dim + embed_size)
-            nn.init.uniform_(fc.weight, -bound, bound)
-            nn.init.zeros_(fc.bias)
-            self.fc = fc
-
-    def forward(self, region_feats: torch.Tensor) -> torch.Tensor:
-        """``FloatTensor[B, R, img_dim]`` → ``FloatTensor[B, R, embed_size]`` (L2-normalised per region)."""
-        emb = self.fc(region_feats)
-        return emb if self.no_imgnorm else l2norm(emb)
-
-
-class ScanTextEncoder(nn.Module):
-    """SCAN's text encoder: word embedding (init ``U(-0.1, 0.1)``) → GRU over packed sequences → L2 norm per word.
-
-    With ``bi_gru`` the forward and backward outputs are **averaged** (reference), not concatenated.
-
-    Args:
-        vocab_size: number of word ids.
-        word_dim: word embedding size (300).
-        embed_size: GRU hidden size = joint space size.
-        num_layers: GRU layers.
-        bi_gru: bidirectional GRU.
-        no_txtnorm: skip the final normalisation.
-    """
-
-    def __init__(
-        self, vocab_size: int, word_dim: int = 300, embed_size: int = 1024, *, num_layers: int = 1,
-        bi_gru: bool = True, no_txtnorm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=bi_gru)
-        self.bi_gru = bi_gru
-        self.no_txtnorm = no_txtnorm
-        self.embed_size = embed_size
-
-    def forward(self, cap_tokens: torch.Tensor, cap_lens: Any) -> torch.Tensor:
-        """``LongTensor[B, L]`` token ids and ``int[B]`` lengths → ``FloatTensor[B, L, embed_size]``.
-
-        Positions beyond a caption's length are zero.
-        """
-        if cap_tokens.ndim != 2 or cap_tokens.dtype != torch.long:
-            raise ValueError(f"cap_tokens must be a LongTensor[B, L]; got {cap_tokens.dtype} {tuple(cap_tokens.shape)}")
-        lens = _lengths("cap_lens", cap_lens, cap_tokens.shape[0], cap_tokens.shape[1], torch.device("cpu"))
-        packed = pack_padded_sequence(self.embed(cap_tokens), lens, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        emb, _ = pad_packed_sequence(out, batch_first=True, total_length=cap_tokens.shape[1])  # [B, L, H or 2H]
-        if self.bi_gru:
-            emb = (emb[..., : self.embed_size] + emb[..., self.embed_size :]) / 2
-        return emb if self.no_txtnorm else l2norm(emb)
-
-
-class ScanModel(nn.Module):
-    """SCAN: region encoder + word encoder + stacked cross attention scorer.
-
-    Args:
-        vocab_size: vocabulary size (see :mod:`encoders.vocab`).
-        img_dim / embed_size / word_dim / num_layers / bi_gru / no_imgnorm / no_txtnorm / weight_norm:
-            encoder architecture (:class:`ScanCfg`).
-        direction / raw_feature_norm / agg_func / lambda_softmax / lambda_lse: scorer (:func:`xattn_scores`).
-        chunk_size: image-caption pairs scored at once (memory bound; not part of the config).
-
-    The configuration is available as ``model.cfg`` (a frozen :class:`ScanCfg`).
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        img_dim: int = 2048,
-        embed_size: int = 1024,
-        word_dim: int = 300,
-        num_layers: int = 1,
-        bi_gru: bool = True,
-        direction: Direction = "t2i",
-        raw_feature_norm: RawNorm = "clipped_l2norm",
-        agg_func: Agg = "LogSumExp",
-        lambda_softmax: float = 9.0,
-        lambda_lse: float = 6.0,
-        no_imgnorm: bool = False,
-        no_txtnorm: bool = False,
-        weight_norm: bool = False,
-        chunk_size: int = _DEFAULT_CHUNK,
-    ) -> None:
-        super().__init__()
-        self.cfg = ScanCfg(
-            vocab_size=vocab_size, img_dim=img_dim, embed_size=embed_size, word_dim=word_dim, num_layers=num_layers,
-            bi_gru=bi_gru, direction=direction, raw_feature_norm=raw_feature_norm, agg_func=agg_func,
-            lambda_softmax=lambda_softmax, lambda_lse=lambda_lse, no_imgnorm=no_imgnorm, no_txtnorm=no_txtnorm,
-            weight_norm=weight_norm,
-        )
-        self.chunk_size = chunk_size
-        self.image_encoder = ScanImageEncoder(img_dim, embed_size, no_imgnorm=no_imgnorm, weight_norm=weight_norm)
-        self.text_encoder = ScanTextEncoder(
-            vocab_size, word_dim, embed_size, num_layers=num_layers, bi_gru=bi_gru, no_txtnorm=no_txtnorm
-        )
-
-    @classmethod
-    def from_cfg(
-        cls, cfg: ScanCfg, *, weights: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
-        chunk_size: int = _DEFAULT_CHUNK,
-    ) -> ScanModel:
-        """Build a model from a :class:`ScanCfg`, randomly initialised or from a local ``state_dict`` file.
-
-        Args:
-            cfg: the configuration.
-            weights: path to a ``torch.save(model.state_dict())`` file, or None for random init (never downloads).
-            device: where to put the model.
-            chunk_size: see :class:`ScanModel`.
-
-        Raises:
-            FileNotFoundError: if ``weights`` does not exist.
-        """
-        model = cls(**cfg.to_dict(), chunk_size=chunk_size)
-        if weights is not None:
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"SCAN weights file {str(path)!r} does not exist; pass a local state_dict path")
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device)
-
-    def encode_images(self, region_feats: torch.Tensor) -> torch.Tensor:
-        """``FloatTensor[B, R, img_dim]`` → ``FloatTensor[B, R, embed_size]``."""
-        return self.image_encoder(region_feats)
-
-    def encode_captions(self, cap_tokens: torch.Tensor, cap_lens: Any) -> torch.Tensor:
-        """``LongTensor[B, L]`` → ``FloatTensor[B, L, embed_size]`` (zeros beyond each length)."""
-        return self.text_encoder(cap_tokens, cap_lens)
-
-    def score(
-        self, img_emb: torch.Tensor, region_lens: Any | None, cap_emb: torch.Tensor, cap_lens: Any
-    ) -> torch.Tensor:
-        """Scores ``[n_image, n_caption]`` of encoded images and captions with this model's scorer."""
-        c = self.cfg
-        return xattn_scores(
-            img_emb, cap_emb, cap_lens, direction=c.direction, raw_feature_norm=c.raw_feature_norm,
-            agg_func=c.agg_func, lambda_softmax=c.lambda_softmax, lambda_lse=c.lambda_lse,
-            region_lens=region_lens, chunk_size=self.chunk_size,
-        )
-
-    def forward(
-        self, region_feats: torch.Tensor, region_lens: Any | None, cap_tokens: torch.Tensor, cap_lens: Any
-    ) -> torch.Tensor:
-        """Score every image of the batch against every caption.
-
-        Args:
-            region_feats: ``FloatTensor[B_img, R, img_dim]`` region features (zero-padded).
-            region_lens: ``int[B_img]`` valid regions per image, or None when all R are valid.
-            cap_tokens: ``LongTensor[B_cap, L]`` token ids (``<start> ... <end>``, ``<pad>``-padded).
-            cap_lens: ``int[B_cap]`` caption lengths including ``<start>`` and ``<end>``.
-
-        Returns:
-            ``FloatTensor[B_img, B_cap]`` similarity scores.
-        """
-        return self.score(self.encode_images(region_feats), region_lens, self.encode_captions(cap_tokens, cap_lens), cap_lens)
-
-
-class MeanPoolBaseline(ScanModel):
-    """SCAN's encoders with a global-pooling scorer (:func:`mean_pool_scores`) instead of cross attention.
-
-    A bag-of-regions baseline: it cannot tell two images apart whose regions differ only in which
-    attribute goes with which object. Same constructor as :class:`ScanModel` (scorer options unused).
-    """
-
-    def score(
-        self, img_emb: torch.Tensor, region_lens: Any | None, cap_emb: torch.Tensor, cap_lens: Any
-    ) -> torch.Tensor:
-        """Cosine of mean region and mean word vectors, ``[n_image, n_caption]``."""
-        return mean_pool_scores(img_emb, cap_emb, cap_lens, region_lens=region_lens)

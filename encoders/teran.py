@@ -1,4 +1,4 @@
-"""TERAN (Messina et al., ACM TOMM 2021): region and word encoders, alignment pooling, registry.
+"""TERAN (Messina et al., ACM TOMM 2021): architecture config, region and word encoders, alignment pooling.
 
 Reproduces the reference code (mesnico/TERAN) as restated in ALGORITHMS.md §4, quirks included:
 
@@ -18,23 +18,25 @@ them (the released MrSw configs train alignment only); the optimiser is AdamW.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from regionrank.encoders.fingerprint import config_and_weights_hash
+from regionrank.encoders.protocol import EncodedCaption, EncodedImage
 from regionrank.encoders.text import (
     TokenizedBatch,
     build_random_text_model,
     default_text_model_path,
     drop_stop_words,
     load_text_model,
+    load_tokenizer,
     tokenize,
 )
 from regionrank.storage.records import RegionRecord
@@ -45,10 +47,10 @@ __all__ = [
     "TeranCfg",
     "TeranModel",
     "TeranOutput",
+    "TEXT_DIR",
     "alignment_scores",
-    "create_encoder",
-    "get_model_cfg",
-    "list_models",
+    "build_text_backbone",
+    "caption_rows",
     "region_batch",
     "spatial_features",
     "trim_for_alignment",
@@ -57,13 +59,14 @@ __all__ = [
 Pooling = Literal["MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean", "scan-sentences"]
 POOLINGS: tuple[str, ...] = ("MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean", "scan-sentences")
 _FUSIONS = ("concat-and-process", "project-and-sum")
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+#: The text backbone's config and tokenizer files in a checkpoint folder (the weights are in the state dict).
+TEXT_DIR = "text_model"
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 # --------------------------------------------------------------------------------------------------
-# Architecture config and registry
+# Architecture config
 # --------------------------------------------------------------------------------------------------
 
 
@@ -171,38 +174,6 @@ class TeranCfg:
 
     def replace(self, **changes: Any) -> TeranCfg:
         return dataclasses.replace(self, **changes)
-
-
-def _config_files() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
-
-
-def list_models() -> list[str]:
-    """Names of the model configs shipped in ``encoders/model_configs/*.json``, sorted."""
-    return sorted(_config_files())
-
-
-def get_model_cfg(name: str) -> dict[str, Any]:
-    """The raw JSON mapping of a shipped model config (``"kind"`` says which model family).
-
-    Raises:
-        ValueError: ``name`` is not a shipped config; the message lists the known names.
-    """
-    files = _config_files()
-    if name not in files:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(files)}")
-    return json.loads(files[name].read_text())
-
-
-def load_teran_cfg(name_or_cfg: str | Mapping[str, Any] | TeranCfg) -> TeranCfg:
-    """Resolve a registry name, a JSON mapping or a ``TeranCfg`` into a ``TeranCfg``."""
-    if isinstance(name_or_cfg, TeranCfg):
-        return name_or_cfg
-    data = dict(get_model_cfg(name_or_cfg)) if isinstance(name_or_cfg, str) else dict(name_or_cfg)
-    kind = data.pop("kind", "teran")
-    if kind != "teran":
-        raise ValueError(f"config {data.get('name')!r} is a {kind!r} model, not a TERAN model")
-    return TeranCfg.from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,6 +394,12 @@ def trim_for_alignment(
     return regions, rlens, words, wlens.clamp_max(words.shape[1])
 
 
+def caption_rows(lengths: torch.Tensor, reference_trim: bool) -> list[slice]:
+    """Rows of TERAN's word output that the alignment uses, per caption (see :func:`trim_for_alignment`)."""
+    drop_tail = 2 if reference_trim else 1
+    return [slice(1, max(1, int(n) - drop_tail)) for n in lengths]
+
+
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
@@ -470,8 +447,8 @@ class TeranOutput:
 class TeranModel(nn.Module):
     """TERAN: region encoder + BERT word encoder into one space, scored by pooled alignment.
 
-    Compose with :func:`create_encoder` (registry + weights) or directly from parts:
-    ``TeranModel(cfg, text_model, tokenizer)``.
+    Compose with ``encoders.registry.create_encoder`` (registry + weights) or directly from parts:
+    ``TeranModel(cfg, text_model, tokenizer)``. Implements ``encoders.protocol.CheckpointableModel``.
 
     Args:
         cfg: the architecture.
@@ -479,7 +456,7 @@ class TeranModel(nn.Module):
         tokenizer: the matching Hugging Face tokenizer (kept for :meth:`tokenize` and checkpoints).
     """
 
-    kind = "teran"
+    kind: ClassVar[str] = "teran"
 
     def __init__(self, cfg: TeranCfg, text_model: nn.Module, tokenizer: Any) -> None:
         super().__init__()
@@ -559,6 +536,84 @@ class TeranModel(nn.Module):
         )
         return alignment_scores(regions, rlens, words, wlens.to(regions.device), pooling=pooling or self.cfg.pooling)
 
+    # ------------------------------------------------------------------ RetrievalModel
+
+    @property
+    def encoder_name(self) -> str:
+        """The config name."""
+        return str(self.cfg.name)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width F of the region features the model reads."""
+        return int(self.cfg.feature_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.cfg.embed_dim)
+
+    def fingerprint(self) -> str:
+        return config_and_weights_hash({"kind": self.kind, "config": self.checkpoint_config()}, self)
+
+    def embed_image_records(
+        self, records: Sequence[RegionRecord], *, device: torch.device | str | None = None
+    ) -> list[EncodedImage]:
+        """The R region vectors of each record (reserved slot 0 removed) and the slot-0 output as global."""
+        batch = region_batch(records).to(device or self.device)
+        region_emb, glob = self.encode_regions(batch)
+        region_np, glob_np = region_emb.float().cpu().numpy(), glob.float().cpu().numpy()
+        return [EncodedImage(region_np[i, 1 : 1 + r.num_regions].copy(), glob_np[i].copy()) for i, r in enumerate(records)]
+
+    def embed_caption_texts(
+        self, texts: Sequence[str], *, device: torch.device | str | None = None
+    ) -> list[EncodedCaption]:
+        """The word-piece rows the alignment uses (see :func:`caption_rows`) and ``[CLS]`` as global."""
+        tokens = self.tokenize(texts).to(device or self.device)
+        word_emb, glob = self.encode_text(tokens)
+        word_np, glob_np = word_emb.float().cpu().numpy(), glob.float().cpu().numpy()
+        rows = caption_rows(tokens.lengths, self.cfg.reference_trim)
+        return [
+            EncodedCaption(list(tokens.tokens[i][rows[i]]), word_np[i, rows[i]].copy(), glob_np[i].copy())
+            for i in range(len(texts))
+        ]
+
+    def score_encoded(
+        self, regions: torch.Tensor, region_lens: torch.Tensor, words: torch.Tensor, word_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """:func:`alignment_scores` with the config's pooling (the encoded captions are already trimmed)."""
+        dev = regions.device
+        return alignment_scores(regions, region_lens.to(dev), words, word_lens.to(dev), pooling=self.cfg.pooling)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The config plus ``_text_pooler`` (whether the text backbone has BERT's pooler layer)."""
+        cfg = self.cfg.to_dict()
+        cfg["_text_pooler"] = getattr(self.text_backbone, "pooler", None) is not None
+        return cfg
+
+    def save_checkpoint_files(self, folder: Path) -> None:
+        """Write the text backbone's config and tokenizer files into ``folder/text_model``."""
+        self.text_backbone.config.save_pretrained(str(folder / TEXT_DIR))
+        self.tokenizer.save_pretrained(str(folder / TEXT_DIR))
+
+    @classmethod
+    def from_checkpoint(
+        cls, config: Mapping[str, Any], folder: Path, *, text_model_path: str | Path | None = None
+    ) -> TeranModel:
+        """The model of a checkpoint's config, its text backbone built from ``folder/text_model`` (or
+        ``text_model_path``) without weights."""
+        from transformers import AutoConfig, AutoModel
+
+        data = dict(config)
+        pooler = bool(data.pop("_text_pooler", True))
+        cfg = TeranCfg.from_dict(data)
+        text_dir = Path(text_model_path) if text_model_path is not None else folder / TEXT_DIR
+        bert_cfg = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
+        kwargs = {} if pooler else {"add_pooling_layer": False}
+        text_model = AutoModel.from_config(bert_cfg, **kwargs)
+        return cls(cfg, text_model, load_tokenizer(text_dir))
+
     def forward(self, regions: RegionBatch, tokens: TokenizedBatch) -> TeranOutput:
         """Score every image of ``regions`` against every caption of ``tokens``."""
         region_emb, img_global = self.encode_regions(regions)
@@ -594,49 +649,3 @@ def build_text_backbone(
     if text_model_path is None:
         text_model_path = default_text_model_path() if cfg.text_model == "all-minilm-l6-v2" else cfg.text_model
     return load_text_model(text_model_path, pretrained=pretrained)
-
-
-def create_encoder(
-    name_or_cfg: str | Mapping[str, Any] | TeranCfg,
-    weights: str | Path | None = None,
-    text_model_path: str | Path | None = None,
-    device: torch.device | str = "cpu",
-) -> TeranModel:
-    """Build a TERAN model from the registry (or a config) and optionally load trained weights.
-
-    Args:
-        name_or_cfg: a name from :func:`list_models`, a config mapping or a :class:`TeranCfg`.
-        weights: a checkpoint folder written by ``encoders.checkpoint`` or a ``.safetensors`` file;
-            ``None`` leaves the TERAN layers randomly initialised (the text backbone keeps its
-            pretrained weights). Nothing is ever downloaded.
-        text_model_path: a local BERT folder overriding the config's text backbone.
-        device: where the model is placed.
-
-    Raises:
-        ValueError: unknown name or config keys (the message lists the known ones).
-        FileNotFoundError: ``weights`` or ``text_model_path`` does not exist.
-    """
-    if weights is not None and Path(weights).is_dir():
-        from regionrank.encoders.checkpoint import load_model
-
-        model = load_model(weights, device=device, text_model_path=text_model_path)
-        if not isinstance(model, TeranModel):
-            raise ValueError(f"checkpoint {str(weights)!r} holds a {type(model).__name__}, not a TERAN model")
-        return model
-    cfg = load_teran_cfg(name_or_cfg)
-    if weights is not None:
-        from safetensors.torch import load_file
-
-        if not Path(weights).is_file():
-            raise FileNotFoundError(
-                f"weights {str(weights)!r} does not exist; pass a checkpoint folder or a .safetensors file"
-            )
-        tokenizer, text_model = build_text_backbone(cfg, text_model_path, pretrained=False)
-        model = TeranModel(cfg, text_model, tokenizer)
-        try:
-            model.load_state_dict(load_file(str(weights)), strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"weights {str(weights)!r} do not match config {cfg.name!r}: {exc}") from exc
-        return model.to(device).eval()
-    tokenizer, text_model = build_text_backbone(cfg, text_model_path)
-    return TeranModel(cfg, text_model, tokenizer).to(device)

@@ -32,28 +32,16 @@ import torch
 from torch import nn
 
 from regionrank.encoders.checkpoint import checkpoint_dir, latest_checkpoint, load_model, load_trainer_state, save_checkpoint
-from regionrank.encoders.embed import EncodedCaption, EncodedImage, encode_region_records, encode_texts
+from regionrank.encoders.embed import encode_region_records, encode_texts
+from regionrank.encoders.protocol import EncodedCaption, EncodedImage, RetrievalModel
+from regionrank.encoders.scan_model import ScanModel
+from regionrank.encoders.teran import TeranModel
 from regionrank.storage import RegionStore, read_caption_table
 from regionrank.storage.records import Caption
 
 __all__ = ["EpochReport", "TrainReport", "evaluate", "score_encoded", "train"]
 
 logger = logging.getLogger(__name__)
-
-#: SCAN training defaults (ALGORITHMS.md §3.5; README commands add --max_violation --bi_gru).
-SCAN_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 2e-4,
-    "lr_step_epochs": 15,
-    "lr_gamma": 0.1,
-    "warmup_iters": 0,
-    "batch_size": 128,
-    "epochs": 30,
-    "grad_clip": 2.0,
-    "margin": 0.2,
-    "max_violation": True,
-    "vocab_threshold": 4,
-}
-
 
 @dataclass
 class EpochReport:
@@ -83,7 +71,6 @@ class TrainReport:
 
 @dataclass(frozen=True)
 class _Plan:
-    kind: str
     name: str
     lr: float
     lr_step_epochs: int
@@ -158,60 +145,39 @@ def _split_captions(
 # --------------------------------------------------------------------------------------------------
 
 
-def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | None) -> tuple[nn.Module, _Plan]:
-    from regionrank.encoders.teran import TeranCfg, TeranModel, build_text_backbone, get_model_cfg, load_teran_cfg
-
-    data: Any = spec
-    if isinstance(spec, str):
-        data = get_model_cfg(spec)
-    if isinstance(data, TeranCfg) or (isinstance(data, Mapping) and data.get("kind", "teran") == "teran"):
-        cfg = load_teran_cfg(data)
-        tokenizer, text_model = build_text_backbone(cfg, text_model_path)
-        model: nn.Module = TeranModel(cfg, text_model, tokenizer)
-        plan = _Plan("teran", cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
-                     cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
-        return model, plan
-    from regionrank.encoders.scan import MeanPoolBaseline, ScanCfg, ScanModel
+def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | None) -> tuple[TeranModel | ScanModel, _Plan]:
+    from regionrank.encoders.registry import family_of_config, get_model_cfg, load_scan_spec, load_teran_cfg
+    from regionrank.encoders.teran import build_text_backbone
     from regionrank.encoders.vocab import build_vocab
 
-    if isinstance(data, ScanCfg):
-        arch, train_cfg, kind = data.to_dict(), dict(SCAN_TRAIN_DEFAULTS), "scan"
-    elif isinstance(data, Mapping) and data.get("kind") in ("scan", "scan-meanpool"):
-        kind = str(data["kind"])
-        fields = {f.name for f in dataclasses.fields(ScanCfg)}
-        train_cfg = dict(SCAN_TRAIN_DEFAULTS)
-        known = fields | set(train_cfg) | {"kind", "name", "description", "deviations"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SCAN config keys {unknown}; known keys: {sorted(known)}")
-        arch = {k: v for k, v in data.items() if k in fields}
-        train_cfg.update({k: v for k, v in data.items() if k in SCAN_TRAIN_DEFAULTS})
-    else:
-        raise TypeError(
-            f"model_name_or_cfg must be a registry name, a TeranCfg, a ScanCfg or a config mapping with 'kind'; "
-            f"got {type(spec).__name__}"
-        )
+    data: Any = get_model_cfg(spec) if isinstance(spec, str) else spec
+    if issubclass(family_of_config(data), TeranModel):
+        cfg = load_teran_cfg(data)
+        tokenizer, text_model = build_text_backbone(cfg, text_model_path)
+        plan = _Plan(cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
+                     cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
+        return TeranModel(cfg, text_model, tokenizer), plan
+    scan = load_scan_spec(data)
+    train_cfg = scan.train
     vocab = build_vocab(train_texts, threshold=int(train_cfg["vocab_threshold"]))
-    arch["vocab_size"] = len(vocab)
-    cls = MeanPoolBaseline if kind == "scan-meanpool" else ScanModel
-    model = cls(**arch)
+    model = scan.family(**{**scan.arch, "vocab_size": len(vocab)})
     model.vocab = vocab
-    name = str(data.get("name", f"{kind}-{arch.get('direction', 't2i')}")) if isinstance(data, Mapping) else f"scan-{data.direction}"
-    plan = _Plan(kind, name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
+    plan = _Plan(scan.name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
                  int(train_cfg["warmup_iters"]), int(train_cfg["batch_size"]), int(train_cfg["epochs"]),
                  float(train_cfg["grad_clip"]), float(train_cfg["margin"]), bool(train_cfg["max_violation"]))
     return model, plan
 
 
-def _batch_loss(model: nn.Module, plan: _Plan, records: list[Any], texts: list[str], device: torch.device) -> torch.Tensor:
+def _batch_loss(model: TeranModel | ScanModel, plan: _Plan, records: list[Any], texts: list[str], device: torch.device) -> torch.Tensor:
     from regionrank.encoders.losses import contrastive_loss
     from regionrank.encoders.teran import region_batch
 
-    if plan.kind == "teran":
-        out = model(region_batch(records).to(device), model.tokenize(texts).to(device))  # type: ignore[operator]
-        return model.loss(out)  # type: ignore[operator]
+    if isinstance(model, TeranModel):
+        return model.loss(model(region_batch(records).to(device), model.tokenize(texts).to(device)))
+    if not isinstance(model, ScanModel) or model.vocab is None:
+        raise TypeError(f"cannot train a {type(model).__name__}; train a TERAN or SCAN model")
     batch = region_batch(records, reserved_slot=False).to(device)
-    ids, lens = model.vocab.encode_batch(texts)  # type: ignore[union-attr]
+    ids, lens = model.vocab.encode_batch(texts)
     scores = model(batch.features, batch.lengths, ids.to(device), lens)
     return contrastive_loss(scores, margin=plan.margin, max_violation=plan.max_violation)
 
@@ -239,31 +205,24 @@ def _pad(mats: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_encoded(
-    model: nn.Module, images: Sequence[EncodedImage], captions: Sequence[EncodedCaption], *, device: torch.device | str = "cpu"
+    model: RetrievalModel, images: Sequence[EncodedImage], captions: Sequence[EncodedCaption], *, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """Scores ``float32[n_image, n_caption]`` of already-encoded images and captions with the model's scorer.
 
-    TERAN: :func:`encoders.teran.alignment_scores` with the config's pooling (the captions are already
-    trimmed). SCAN: the model's own ``score`` (cross attention, or mean pooling for the baseline).
+    The model's ``score_encoded`` (TERAN: pooled alignment; SCAN: cross attention, or mean pooling for
+    the baseline).
     """
-    from regionrank.encoders.teran import alignment_scores
-
     dim = images[0].region_embeddings.shape[1]
     regions, rlens = _pad([im.region_embeddings for im in images], dim)
     words, wlens = _pad([c.word_embeddings for c in captions], dim)
     with torch.no_grad():
-        if getattr(model, "kind", None) == "teran":
-            reg, wrd = torch.from_numpy(regions).to(device), torch.from_numpy(words).to(device)
-            s = alignment_scores(reg, torch.from_numpy(rlens).to(device), wrd, torch.from_numpy(wlens).to(device),
-                                 pooling=model.cfg.pooling)  # type: ignore[attr-defined]
-        else:
-            s = model.score(torch.from_numpy(regions).to(device), torch.from_numpy(rlens),  # type: ignore[operator]
-                            torch.from_numpy(words).to(device), torch.from_numpy(np.maximum(wlens, 1)))
+        s = model.score_encoded(torch.from_numpy(regions).to(device), torch.from_numpy(rlens),
+                                torch.from_numpy(words).to(device), torch.from_numpy(wlens))
     return s.float().cpu().numpy()
 
 
 def _encode_collection(
-    model: nn.Module, store: RegionStore, image_ids: Sequence[str], texts: Sequence[str], device: torch.device, batch_size: int
+    model: RetrievalModel, store: RegionStore, image_ids: Sequence[str], texts: Sequence[str], device: torch.device, batch_size: int
 ) -> tuple[list[EncodedImage], list[EncodedCaption]]:
     images: list[EncodedImage] = []
     for b0 in range(0, len(image_ids), batch_size):
@@ -275,7 +234,7 @@ def _encode_collection(
 
 
 def _metrics(
-    model: nn.Module,
+    model: RetrievalModel,
     store: RegionStore,
     captions: Sequence[Caption],
     device: torch.device,
@@ -383,7 +342,7 @@ def train(
     if plan.epochs < 1 or plan.batch_size < 2 or plan.lr <= 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 2 and lr > 0; got {plan.epochs}, {plan.batch_size}, {plan.lr}")
     feat_dim = store.feature_dim
-    want_dim = model.cfg.feature_dim if plan.kind == "teran" else model.cfg.img_dim  # type: ignore[union-attr]
+    want_dim = model.feature_dim
     if feat_dim is not None and feat_dim != want_dim:
         raise ValueError(
             f"the region store holds {feat_dim}-d features but {plan.name!r} expects {want_dim}-d; "
@@ -407,8 +366,8 @@ def train(
                 f"{latest} was trained with a different model config; use another out_dir or resume=False"
             )
         model.load_state_dict(restored.state_dict())
-        if plan.kind != "teran":
-            model.vocab = restored.vocab  # type: ignore[assignment]
+        if isinstance(model, ScanModel) and isinstance(restored, ScanModel):
+            model.vocab = restored.vocab
         state = load_trainer_state(latest)
         if state is None:
             raise ValueError(f"{latest} has no trainer state to resume from; use resume=False")
@@ -483,7 +442,7 @@ def _prune(out: Path, keep_last: int) -> None:
 
 
 def evaluate(
-    checkpoint: nn.Module | str | os.PathLike[str],
+    checkpoint: RetrievalModel | str | os.PathLike[str],
     region_root: RegionStore | str | os.PathLike[str],
     captions: Sequence[Caption] | str | os.PathLike[str],
     *,

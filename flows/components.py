@@ -93,7 +93,7 @@ def _teran(checkpoint: str | None, model_name: str, text_model_path: str | None,
     import torch
 
     from regionrank.encoders.checkpoint import load_model
-    from regionrank.encoders.teran import create_encoder, get_model_cfg
+    from regionrank.encoders.registry import create_encoder, get_model_cfg
 
     if checkpoint is not None:
         model = load_model(checkpoint, text_model_path=text_model_path, device=device)
@@ -126,17 +126,17 @@ def load_image_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
 def encode_images(cfg: EncodeConfig, detector: str, ws: Workspace, image_ids: list[str],
                   progress: Any = None) -> Any:
     """Embed ``image_ids`` of the workspace's region store into its image-embedding store (resumable)."""
+    from regionrank.encoders.embed import write_image_embeddings
     from regionrank.storage import ImageEmbeddingStore, RegionStore
 
     regions = RegionStore(ws.regions)
     model = load_image_encoder(cfg, detector, regions.feature_dim)
     out = ImageEmbeddingStore(ws.image_embeddings)
     if cfg.encoder == "grounded":
-        return model.encode_images(regions, out, image_ids=image_ids, batch_size=cfg.batch_size, progress=progress)
-    from regionrank.encoders.embed import encode_images as encode_with_model
+        return write_image_embeddings(model, regions, out, image_ids=image_ids, batch_size=cfg.batch_size, progress=progress)
 
-    return encode_with_model(model, regions, out, image_ids=image_ids, batch_size=cfg.batch_size,
-                             device=resolve_device(cfg.device), progress=progress)
+    return write_image_embeddings(model, regions, out, image_ids=image_ids, batch_size=cfg.batch_size,
+                                  device=resolve_device(cfg.device), progress=progress)
 
 
 def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None = None) -> Any:

@@ -14,7 +14,7 @@ from regionrank.encoders.teran import TeranCfg, TeranModel
 from regionrank.encoders.text import build_random_text_model
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
-pytest.importorskip("regionrank.encoders.scan")
+pytest.importorskip("regionrank.encoders.scan_model")
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=32)
@@ -119,25 +119,25 @@ NORMS = ["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "cli
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("agg", ["LogSumExp", "Mean", "Max", "Sum"])
-def test_stacked_estimates_equal_the_padded_torch_estimates(direction: str, norm: str, agg: str) -> None:
-    from regionrank.encoders.adapters import stacked_score_estimates
-    from regionrank.encoders.scan import xattn_score_estimates
+def test_stacked_estimates_equal_the_padded_torch_estimates(direction: str, norm: str, agg: str,
+                                                             scan_estimate_oracle) -> None:
+    from regionrank.encoders.scan_estimate import scan_score_estimates
 
     rng = np.random.default_rng(4)
     counts = np.array([5, 1, 0, 7, 3, 2])
     sims = np.tanh(rng.standard_normal((int(counts.sum()), 3))).astype(np.float32)
-    got = stacked_score_estimates(sims, counts, direction=direction, raw_feature_norm=norm, agg_func=agg,
+    got = scan_score_estimates(sims, counts, direction=direction, raw_feature_norm=norm, agg_func=agg,
                                   lambda_softmax=9.0, lambda_lse=6.0)
     lens = np.maximum(counts, 1)
     padded = np.zeros((counts.size, int(lens.max()), 3), np.float64)
     for i, (c, s0) in enumerate(zip(counts, np.cumsum(counts) - counts)):
         padded[i, :c] = sims[s0 : s0 + c]
-    ref = xattn_score_estimates(torch.from_numpy(padded), torch.from_numpy(lens), direction=direction,
+    ref = scan_estimate_oracle(torch.from_numpy(padded), torch.from_numpy(lens), direction=direction,
                                 raw_feature_norm=norm, agg_func=agg, lambda_softmax=9.0, lambda_lse=6.0)
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
+def test_scan_reranker_estimate_equals_the_per_candidate_estimate(scan_estimate_oracle) -> None:
     rng = np.random.default_rng(3)
     words = rng.standard_normal((3, 8)).astype(np.float32)
     words /= np.linalg.norm(words, axis=1, keepdims=True)
@@ -151,14 +151,13 @@ def test_scan_reranker_estimate_equals_the_per_candidate_estimate() -> None:
     counts = np.array([c.num_regions for c in cands])
     stacked = np.concatenate([c.region_embeddings for c in cands if c.num_regions])
     sims = stacked @ words.T
-    from regionrank.encoders.scan import xattn_score_estimates
     for direction in ("t2i", "i2t"):
         rr = ScanReranker(direction=direction, agg_func="Mean")
         est = rr.estimate(query, sims, counts)
         assert est.shape == (5,) and est.dtype == np.float32
         for i, c in enumerate(cands):
             one = torch.from_numpy(c.region_embeddings @ words.T if c.num_regions else np.zeros((1, 3), np.float32))
-            ref = xattn_score_estimates(one[None], [max(c.num_regions, 1)], direction=direction, agg_func="Mean")
+            ref = scan_estimate_oracle(one[None], [max(c.num_regions, 1)], direction=direction, agg_func="Mean")
             assert est[i] == pytest.approx(float(ref[0]), abs=1e-6)
     with pytest.raises(ValueError, match="3 query words"):
         ScanReranker().estimate(query, sims[:, :2], counts)

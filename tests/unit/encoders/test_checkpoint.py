@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from regionrank.encoders import checkpoint
-from regionrank.encoders.teran import TeranCfg, TeranModel, create_encoder
+from regionrank.encoders.registry import create_encoder
+from regionrank.encoders.teran import TeranCfg, TeranModel
 from regionrank.encoders.text import build_random_text_model
 
 TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -96,7 +97,7 @@ def test_load_errors_name_the_problem(model, tmp_path):
 
 
 def test_scan_round_trip_keeps_vocabulary(tmp_path):
-    scan = pytest.importorskip("regionrank.encoders.scan")
+    scan = pytest.importorskip("regionrank.encoders.scan_model")
     from regionrank.encoders.vocab import build_vocab
 
     vocab = build_vocab(["a cat", "a dog", "a cat"], threshold=1)
@@ -114,7 +115,7 @@ def test_scan_round_trip_keeps_vocabulary(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_backed_model_round_trips_without_the_package_folder(tmp_path):
-    from regionrank.encoders.teran import load_teran_cfg
+    from regionrank.encoders.registry import load_teran_cfg
 
     cfg = load_teran_cfg("teran-coco").replace(feature_dim=16, visual_layers=1, visual_ff=32, embed_dim=32,
                                                top_layers=1, top_ff=32)

@@ -40,10 +40,10 @@ def regions(tmp_path):
     return store
 
 
-def test_encode_images_stores_what_a_direct_forward_gives(regions, tmp_path):
+def test_write_image_embeddings_stores_what_a_direct_forward_gives(regions, tmp_path):
     model = make_model().train()  # encode must switch dropout off by itself
     out = ImageEmbeddingStore(tmp_path / "img")
-    report = embed.encode_images(model, regions, out, batch_size=2)
+    report = embed.write_image_embeddings(model, regions, out, batch_size=2)
     assert (report.total, report.written, report.skipped_existing) == (5, 5, 0)
     assert report.encoder == "teran-embed" and report.encoder_hash == model_hash(model)
     assert model.training  # the caller's mode is restored
@@ -58,22 +58,22 @@ def test_encode_images_stores_what_a_direct_forward_gives(regions, tmp_path):
         # float16 on disk
         np.testing.assert_allclose(stored.region_embeddings.astype(np.float32), emb[0, 1:].numpy(), atol=2e-3)
         np.testing.assert_allclose(stored.global_embedding.astype(np.float32), glob[0].numpy(), atol=2e-3)
-    again = embed.encode_images(model, regions, out)
+    again = embed.write_image_embeddings(model, regions, out)
     assert (again.written, again.skipped_existing) == (0, 5)
 
 
-def test_encode_images_resumes_and_refuses_a_second_model(regions, tmp_path):
+def test_write_image_embeddings_resumes_and_refuses_a_second_model(regions, tmp_path):
     model = make_model()
     ck = save_checkpoint(tmp_path / "ck", model)
     out = tmp_path / "img"
-    first = embed.encode_images(ck, regions, out, image_ids=regions.ids()[:2])
+    first = embed.write_image_embeddings(ck, regions, out, image_ids=regions.ids()[:2])
     assert first.written == 2
     calls = []
-    rest = embed.encode_images(ck, regions, out, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    rest = embed.write_image_embeddings(ck, regions, out, batch_size=2, progress=lambda d, t: calls.append((d, t)))
     assert (rest.written, rest.skipped_existing) == (3, 2) and calls == [(2, 3), (3, 3)]
     assert sorted(ImageEmbeddingStore(out).ids()) == sorted(regions.ids())
     with pytest.raises(ValueError, match="encoded by another model"):
-        embed.encode_images(make_model(seed=1), regions, out)
+        embed.write_image_embeddings(make_model(seed=1), regions, out)
 
 
 def test_encode_captions_keeps_the_rows_the_alignment_uses(tmp_path):
@@ -81,7 +81,7 @@ def test_encode_captions_keeps_the_rows_the_alignment_uses(tmp_path):
     caps = [Caption(image_id="a" * 64, caption_id="c1", text="A dog runs on the beach."),
             Caption(image_id="b" * 64, caption_id="c2", text="two cats")]
     out = CaptionEmbeddingStore(tmp_path / "cap")
-    report = embed.encode_captions(model, caps, out)
+    report = embed.write_caption_embeddings(model, caps, out)
     assert report.written == 2
     tokens = model.tokenize([c.text for c in caps])
     with torch.no_grad():
@@ -98,11 +98,11 @@ def test_encode_captions_keeps_the_rows_the_alignment_uses(tmp_path):
     full = embed.encode_texts(make_model(reference_trim=False), ["two cats"])[0]
     assert full.tokens == ["two", "cats"]
     with pytest.raises(ValueError, match="duplicate caption_id"):
-        embed.encode_captions(model, caps + caps[:1], tmp_path / "dup")
+        embed.write_caption_embeddings(model, caps + caps[:1], tmp_path / "dup")
 
 
 def test_scan_embeddings_include_start_and_end(regions, tmp_path):
-    scan = pytest.importorskip("regionrank.encoders.scan")
+    scan = pytest.importorskip("regionrank.encoders.scan_model")
     from regionrank.encoders.vocab import build_vocab
 
     vocab = build_vocab(["a red cat", "a dog"], threshold=1)
@@ -114,8 +114,8 @@ def test_scan_embeddings_include_start_and_end(regions, tmp_path):
     assert enc.tokens == ["<start>", "a", "red", "cat", "<end>"] and enc.global_embedding is None
     ids, lens = vocab.encode_batch(["a red cat"])
     with torch.no_grad():
-        np.testing.assert_allclose(enc.word_embeddings, m.encode_captions(ids, lens)[0].numpy(), rtol=1e-6)
-    report = embed.encode_images(m, regions, tmp_path / "scan-img")
+        np.testing.assert_allclose(enc.word_embeddings, m.embed_words(ids, lens)[0].numpy(), rtol=1e-6)
+    report = embed.write_image_embeddings(m, regions, tmp_path / "scan-img")
     assert report.encoder == "scan-t2i" and report.written == 5
     rec = ImageEmbeddingStore(tmp_path / "scan-img").get([regions.ids()[0]])[0]
     assert rec.global_embedding is None and rec.region_embeddings.shape == (3, 8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from regionrank.encoders.embed import write_image_embeddings
 from regionrank.encoders.grounded import GroundedEncoder
 from regionrank.encoders.teran import alignment_scores
 from regionrank.encoders.text import build_random_text_model
@@ -104,17 +105,16 @@ def test_records_without_usable_labels_are_rejected(encoder):
         GroundedEncoder(LABELS, text_model=(encoder.tokenizer, encoder.text_model)).encode_record(record("f" * 64, [99]))
 
 
-def test_encode_images_writes_labelled_records_and_resumes(encoder, tmp_path):
+def test_write_image_embeddings_writes_labelled_records_and_resumes(encoder, tmp_path):
     regions = RegionStore(tmp_path / "regions")
     with regions.writer(detector="ssd-mobilenet-coco", config_hash="c", weights_hash="w", feature_dim=4) as w:
         for i, ids in enumerate([[17], [18, 1], [3, 10, 1]]):
             w.write(record(f"{i:064x}", ids))
     out = ImageEmbeddingStore(tmp_path / "img")
-    rep = encoder.encode_images(regions, out, image_ids=regions.ids()[:2])
+    rep = write_image_embeddings(encoder, regions, out, image_ids=regions.ids()[:2])
     assert (rep.written, rep.encoder) == (2, "grounded-minilm")
-    from regionrank.encoders.embed import encode_images
 
-    rep = encode_images(encoder, regions, out, batch_size=1)  # the generic entry point delegates
+    rep = write_image_embeddings(encoder, regions, out, batch_size=1)  # resumes with another batch size
     assert (rep.written, rep.skipped_existing) == (1, 2)
     stored = out.get([f"{2:064x}"])[0]
     assert stored.labels == ["car", "traffic light", "person"] and stored.embed_dim == 16
@@ -211,14 +211,15 @@ def test_contextual_store_round_trip(contextual, tmp_path):
         for i, ids in enumerate([[0, 17], [0, 18, 1, 1]]):
             w.write(record(f"{i:064x}", ids))
     out = ImageEmbeddingStore(tmp_path / "img")
-    rep = contextual.encode_images(regions, out)
+    rep = write_image_embeddings(contextual, regions, out)
     assert rep.written == 2
     stored = out.get([f"{1:064x}"])[0]
     assert stored.labels == ["scene", "dog", "person", "person"]
     np.testing.assert_allclose(stored.region_embeddings.astype(np.float32),
                                contextual.encode_record(record(f"{1:064x}", [0, 18, 1, 1])).region_embeddings, atol=2e-3)
     with pytest.raises(ValueError):  # a store written by the static mode is another encoder's
-        GroundedEncoder(LABELS, text_model=(contextual.tokenizer, contextual.text_model), contextual=False).encode_images(
+        write_image_embeddings(
+            GroundedEncoder(LABELS, text_model=(contextual.tokenizer, contextual.text_model), contextual=False),
             regions, out)
 
 

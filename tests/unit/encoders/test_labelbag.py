@@ -117,7 +117,7 @@ def test_encoder_natural_text_format(tiny_text_model):
     enc = LabelBagEncoder(LABELS, text_model=tiny_text_model, text_format="natural")
     recs = [record("f" * 64, [0, 1, 1, 18], [1.0, 0.9, 0.8, 0.5]), record("0" * 64, [0], [1.0])]
     assert enc.image_texts(recs) == ["a photo of two people and a dog", "a photo"]
-    np.testing.assert_allclose(enc.encode_images(recs),
+    np.testing.assert_allclose(enc.embed_label_bags(recs),
                                sentence_embeddings(*tiny_text_model, enc.image_texts(recs)), atol=1e-6)
     with pytest.raises(ValueError, match="text_format must be 'counts' or 'natural'; got 'prose'"):
         LabelBagEncoder(LABELS, text_model=tiny_text_model, text_format="prose")

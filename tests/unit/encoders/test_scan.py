@@ -10,16 +10,14 @@ import torch
 
 from regionrank.encoders.losses import contrastive_loss
 from regionrank.encoders.scan import (
-    MeanPoolBaseline,
-    ScanCfg,
-    ScanModel,
     l2norm,
     mean_pool_scores,
     xattn_i2t_attention,
-    xattn_score_estimates,
     xattn_scores,
     xattn_t2i_attention,
 )
+from regionrank.encoders.scan_estimate import scan_score_estimates
+from regionrank.encoders.scan_model import MeanPoolBaseline, ScanCfg, ScanModel
 
 NORMS = ["softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm"]
 AGGS = ["LogSumExp", "Mean", "Max", "Sum"]
@@ -152,14 +150,15 @@ def _ref_estimates(images, words, direction, norm, agg, lam_sm, lam_lse):
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("agg", AGGS)
-def test_score_estimates_equal_reference_without_attended_norm(direction: str, norm: str, agg: str) -> None:
+def test_score_estimates_equal_reference_without_attended_norm(direction: str, norm: str, agg: str,
+                                                              scan_estimate_oracle) -> None:
     gen = torch.Generator().manual_seed(7)
     images, words = _unit(gen, 4, 7, 16), _unit(gen, 5, 16)
     region_lens = torch.tensor([7, 3, 5, 1])
     sims = images @ words.t()  # [ni, R, L]
     sims = sims * (torch.arange(7)[None, :] < region_lens[:, None])[..., None]  # padding holds 0
-    got = xattn_score_estimates(sims, region_lens, direction=direction, raw_feature_norm=norm, agg_func=agg,
-                                lambda_softmax=9.0, lambda_lse=6.0)
+    got = scan_estimate_oracle(sims, region_lens, direction=direction, raw_feature_norm=norm, agg_func=agg,
+                               lambda_softmax=9.0, lambda_lse=6.0)
     for i in range(4):
         ref = _ref_estimates(images[i : i + 1, : int(region_lens[i])], words, direction, norm, agg, 9.0, 6.0)
         torch.testing.assert_close(got[i : i + 1], ref, rtol=1e-9, atol=1e-10)
@@ -167,17 +166,19 @@ def test_score_estimates_equal_reference_without_attended_norm(direction: str, n
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 @pytest.mark.parametrize("agg", AGGS)
-def test_score_estimates_bound_scores_from_below_when_cosines_are_non_negative(direction: str, agg: str) -> None:
+def test_score_estimates_bound_scores_from_below_when_cosines_are_non_negative(direction: str, agg: str,
+                                                                               scan_estimate_oracle) -> None:
     gen = torch.Generator().manual_seed(8)
     images = l2norm(torch.rand(6, 9, 12, generator=gen, dtype=torch.float64))  # positive orthant: cosines >= 0
     words = l2norm(torch.rand(4, 12, generator=gen, dtype=torch.float64))
     scores = xattn_scores(images, words[None], [4], direction=direction, agg_func=agg)[:, 0]
-    est = xattn_score_estimates(images @ words.t(), direction=direction, agg_func=agg)
+    est = scan_estimate_oracle(images @ words.t(), direction=direction, agg_func=agg)
     assert bool((est <= scores + 1e-12).all()) and bool((est < scores).any())
+    stacked = (images @ words.t()).reshape(-1, 4).numpy()
     with pytest.raises(ValueError, match="sims must be"):
-        xattn_score_estimates(images[0] @ words.t())
+        scan_score_estimates(stacked, np.full(6, 8))
     with pytest.raises(ValueError, match="direction"):
-        xattn_score_estimates(images @ words.t(), direction="both")  # type: ignore[arg-type]
+        scan_score_estimates(stacked, np.full(6, 9), direction="both")
 
 
 def test_gradients_match_reference() -> None:
@@ -269,10 +270,10 @@ def test_encoders_follow_reference() -> None:
     assert model.image_encoder.fc.bias.abs().max() == 0
     assert model.text_encoder.embed.weight.abs().max() <= 0.1
     feats = torch.randn(2, 3, 12)
-    emb = model.encode_images(feats)
+    emb = model.embed_regions(feats)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2, 3))
     tokens = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
-    cap = model.encode_captions(tokens, [4, 3])
+    cap = model.embed_words(tokens, [4, 3])
     assert cap.shape == (2, 5, 8) and cap[0, 4].abs().max() == 0 and cap[1, 3:].abs().max() == 0
     # bi-GRU directions averaged: recompute caption 1 alone, unpadded, with the GRU directly
     out, _ = model.text_encoder.rnn(model.text_encoder.embed(tokens[1:, :3]))

@@ -193,7 +193,7 @@ def test_scan_learns_and_beats_global_pooling_on_twins(tmp_path) -> None:
         model = load_model(report.checkpoint).eval()
         with torch.no_grad():
             tokens, lens = model.vocab.encode_batch(te.captions)
-            sims = model.score(model.encode_images(feats), region_lens, model.encode_captions(tokens, lens), lens)
+            sims = model.score(model.embed_regions(feats), region_lens, model.embed_words(tokens, lens), lens)
         results[kind] = (report.epochs[-1].val, twin_accuracy(sims, te))
     scan_val, scan_twin = results["scan"]
     pool_val, pool_twin = results["scan-meanpool"]

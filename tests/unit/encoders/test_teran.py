@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from regionrank.encoders import teran
+from regionrank.encoders import registry, teran
+from regionrank.encoders.registry import list_models, load_teran_cfg
 from regionrank.encoders.teran import (
     POOLINGS,
     TeranCfg,
     TeranModel,
     alignment_scores,
-    list_models,
-    load_teran_cfg,
     region_batch,
     spatial_features,
     trim_for_alignment,
@@ -307,7 +306,7 @@ def test_registry_lists_shipped_configs_with_reference_hyperparameters():
 
 def test_registry_rejects_unknown_names_and_keys(tmp_path):
     with pytest.raises(ValueError, match="known models: .*teran-coco"):
-        teran.get_model_cfg("teran-nope")
+        registry.get_model_cfg("teran-nope")
     with pytest.raises(ValueError, match=r"unknown TeranCfg keys \['embed_size'\]; known keys"):
         load_teran_cfg({"name": "x", "embed_size": 3})
     with pytest.raises(ValueError, match="pooling must be one of"):
@@ -323,7 +322,7 @@ def test_registry_rejects_unknown_names_and_keys(tmp_path):
 
 @pytest.mark.slow
 def test_create_encoder_teran_coco_with_real_minilm():
-    model = teran.create_encoder("teran-coco")
+    model = registry.create_encoder("teran-coco")
     assert model.text_backbone.config.hidden_size == 384
     assert model.visual.transformer.layers[0].self_attn.embed_dim == 2048
     tokens = model.tokenize(["a man riding a horse"])

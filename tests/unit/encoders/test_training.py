@@ -98,7 +98,7 @@ def test_train_reports_loss_val_metrics_and_checkpoints_every_epoch(dataset, tmp
 
 
 def test_lr_schedule_warmup_then_step():
-    plan = training._Plan("teran", "x", 1.0, 2, 0.1, 4, 8, 5, 2.0, 0.2, True)
+    plan = training._Plan("x", 1.0, 2, 0.1, 4, 8, 5, 2.0, 0.2, True)
     f = training._lr_factor(plan, iters_per_epoch=3)
     assert [f(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert [f(i) for i in (5, 6, 11, 12)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
@@ -163,7 +163,7 @@ def test_evaluate_matches_direct_scoring(dataset, tmp_path):
 
 
 def test_scan_model_trains_and_resumes(dataset, tmp_path):
-    pytest.importorskip("regionrank.encoders.scan")
+    pytest.importorskip("regionrank.encoders.scan_model")
     store, captions = dataset
     cfg = {"kind": "scan", "name": "scan-unit", "img_dim": 8, "embed_size": 16, "word_dim": 8, "batch_size": 4,
            "vocab_threshold": 1, "lr": 1e-3}
@@ -187,7 +187,7 @@ def test_teran_tiny_learns_the_compositional_benchmark_and_beats_global_pooling_
 
     synthetic = pytest.importorskip("regionrank.encoders.synthetic")
     from regionrank.encoders import evaluation
-    from regionrank.encoders.teran import load_teran_cfg
+    from regionrank.encoders.registry import load_teran_cfg
 
     kw = dict(feature_dim=64, regions_per_image=(3, 6), n_objects=24, n_attributes=8)
     train_ds = synthetic.make_compositional_dataset(1000, seed=0, **kw)
@@ -237,7 +237,7 @@ def test_training_on_cuda_with_amp_produces_a_cpu_loadable_checkpoint(dataset, t
 
 def test_evaluate_protocol_regroups_captions_five_per_image(tmp_path):
     """f30k1k on 1000 images whose captions arrive shuffled (6 for some images): only the first 5 count."""
-    scan = pytest.importorskip("regionrank.encoders.scan")
+    scan = pytest.importorskip("regionrank.encoders.scan_model")
     from regionrank.encoders import evaluation
     from regionrank.encoders.vocab import build_vocab
 
@@ -268,9 +268,9 @@ def test_evaluate_protocol_regroups_captions_five_per_image(tmp_path):
     texts = [c.text for i in image_ids for c in firsts[i][:5]]
     with torch.no_grad():
         feats = torch.tensor(np.stack([r.features.astype(np.float32) for r in store.get(image_ids)]))
-        img = model.encode_images(feats).mean(1)
+        img = model.embed_regions(feats).mean(1)
         ids, lens = vocab.encode_batch(texts)
-        cap = model.encode_captions(ids, lens).sum(1) / lens[:, None]
+        cap = model.embed_words(ids, lens).sum(1) / lens[:, None]
     sims = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(cap, dim=-1).T).numpy()
     ref = evaluation.evaluate(sims)
     for d in ("i2t", "t2i"):
@@ -294,8 +294,8 @@ SCAN_COMMANDS = {
 
 @pytest.mark.parametrize("name", sorted(SCAN_COMMANDS))
 def test_shipped_scan_configs_are_the_reference_commands(name):
-    from regionrank.encoders.scan import ScanModel
-    from regionrank.encoders.teran import list_models
+    from regionrank.encoders.scan_model import ScanModel
+    from regionrank.encoders.registry import list_models
 
     assert name in list_models()
     direction, agg, lam_sm, lam_lse, lr, step, epochs = SCAN_COMMANDS[name]
