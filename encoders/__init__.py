@@ -20,7 +20,7 @@ _LAZY = {
     "RetrievalModel": "regionrank.encoders.protocol",
     "create_encoder": "regionrank.encoders.registry",
     "list_models": "regionrank.encoders.registry",
-    "alignment_scores": "regionrank.encoders.teran",
+    "alignment_scores": "regionrank.encoders.alignment",
     "TeranCfg": "regionrank.encoders.teran",
     "TeranModel": "regionrank.encoders.teran",
     "train": "regionrank.encoders.training",
