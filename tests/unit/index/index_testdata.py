@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from regionrank.index.twostage import RerankOutput
+from regionrank.index.search import RerankOutput
 from regionrank.index.version import VersionedDir
 from regionrank.storage import ImageEmbeddingStore
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding

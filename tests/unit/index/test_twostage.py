@@ -11,7 +11,7 @@ import pytest
 from index_testdata import BagOfWordsEncoder, EstimatingScanReranker, NumpyScanReranker, Scene, scan_t2i, write_images
 
 from regionrank import index
-from regionrank.index.twostage import QueryEncoder, RerankOutput, Reranker, exhaustive_search, fuse_scores
+from regionrank.index.search import QueryEncoder, RerankOutput, Reranker, exhaustive_search, fuse_scores
 from regionrank.storage import ImageEmbeddingStore
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
