@@ -17,7 +17,7 @@ map, every image a gallery item):
   with :class:`encoders.adapters.ScanReranker`'s defaults: clipped_l2norm, λ1 9, LogSumExp λ2 6) over
   the same embeddings, re-ranking the top ``--rerank-k`` MrSw candidates of each query; the
   candidates past K keep their MrSw order below the re-ranked ones, as ``index.Searcher`` does. The
-  fusion (``"scan"`` only, or ``index.twostage.fuse_scores``'s weighted sum
+  fusion (``"scan"`` only, or ``index.search.fuse_scores``'s weighted sum
   ``w * scan + (1 - w) * MrSw / n_words``) is **chosen on the ``val`` captions** by t2i R@1 (then
   R@5, R@10) and reported on all captions. Image→text uses the same fused matrix, each image
   re-ranking its own top-K MrSw captions.
@@ -277,8 +277,8 @@ def grounded_scores(
 
 
 def fuse(gs: GroundedScores, fusion: str, weight: float) -> np.ndarray:
-    """``index.twostage.fuse_scores`` applied to every caption column (``float32[n_image, n_caption]``)."""
-    from regionrank.index.twostage import fuse_scores
+    """``index.search.fuse_scores`` applied to every caption column (``float32[n_image, n_caption]``)."""
+    from regionrank.index.search import fuse_scores
 
     out = np.empty_like(gs.mrsw)
     for c in range(gs.mrsw.shape[1]):

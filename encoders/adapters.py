@@ -1,6 +1,6 @@
 """Adapters that let ``index`` search with encoders it may not import (structural protocols).
 
-``index.twostage`` declares ``QueryEncoder.encode_query(text) -> QueryEmbedding`` and
+``index.search`` declares ``QueryEncoder.encode_query(text) -> QueryEmbedding`` and
 ``Reranker.rerank(query, candidates) -> RerankOutput``; this module implements them without importing
 ``index``: :class:`TeranQueryEncoder`, :class:`GroundedQueryEncoder` and :class:`ScanReranker` (which
 returns a :class:`RerankResult` with the same two attributes as ``index``'s ``RerankOutput``).
@@ -85,7 +85,7 @@ class GroundedQueryEncoder:
 
 @dataclass
 class RerankResult:
-    """Re-ranking output (duck-types ``index.twostage.RerankOutput``).
+    """Re-ranking output (duck-types ``index.search.RerankOutput``).
 
     Attributes:
         scores: ``float32[K]`` SCAN score per candidate, higher is better.

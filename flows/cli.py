@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from regionrank.index.search.params import SearchParams  # the search options' defaults
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="regionrank: fine-grained image-text retrieval — extract regions, embed, index, search.")
 console = Console()
@@ -148,10 +150,11 @@ def reindex_cmd(images: list[Path] = typer.Argument(..., help="folder(s) or file
 
 
 @app.command("search")
-def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer.Option(10, "-k", help="results"),
+def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer.Option(SearchParams.k, "-k", help="results"),
                explain: Optional[Path] = typer.Option(None, "--explain", help="write the top hit's per-word heatmap (PNG)"),
-               rerank_k: int = typer.Option(128, "--rerank-k", help="candidates re-ranked with SCAN (0 = off)"),
-               fusion: str = typer.Option("weighted", "--fusion", help="scan | mrsw | weighted"),
+               rerank_k: int = typer.Option(SearchParams.rerank_k, "--rerank-k",
+                                            help="candidates re-ranked with SCAN (0 = off: exact MrSw scores)"),
+               fusion: str = typer.Option(SearchParams.fusion, "--fusion", help="scan | mrsw | weighted"),
                workspace: Optional[Path] = _WS) -> None:
     """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank)."""
     from regionrank.flows import commands

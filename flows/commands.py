@@ -87,7 +87,7 @@ def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None 
     from regionrank.flows.pipeline import load_workspace_config
 
     extract, encode, _ = load_workspace_config(ws)
-    hits = make_searcher(ws, encode, extract.detector, cfg).search(text, k=cfg.k)
+    hits = make_searcher(ws, encode, extract.detector, cfg).search(text, k=cfg.params.k)
     if explain is not None and hits:
         from regionrank.index import render_heatmap
 

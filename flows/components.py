@@ -148,16 +148,17 @@ def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
 
 
 def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig) -> Any:
-    """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and SCAN re-ranker."""
-    from regionrank.encoders.adapters import ScanReranker
+    """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and, unless
+    ``rerank_k`` is 0 (exact MrSw only), the SCAN re-ranker."""
     from regionrank.index import Searcher
 
-    reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax) if search.rerank_k > 0 else None
-    return Searcher(
-        ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector, _feature_dim(ws)), reranker=reranker,
-        rerank_k=search.rerank_k, fusion=search.fusion if reranker is not None else "mrsw",
-        fusion_weight=search.fusion_weight,
-    )
+    reranker = None
+    if search.params.reranks:
+        from regionrank.encoders.adapters import ScanReranker
+
+        reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax)
+    return Searcher(ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector, _feature_dim(ws)),
+                    reranker=reranker, params=search.params)
 
 
 def _feature_dim(ws: Workspace) -> int | None:

@@ -6,11 +6,14 @@ arguments. Architecture configs live in ``encoders/model_configs/`` instead.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from regionrank.index.search.params import SearchParams
 
 __all__ = [
     "EncodeConfig",
@@ -123,13 +126,29 @@ class IndexConfig(_Frozen):
 
 
 class SearchConfig(_Frozen):
-    """Two-stage search: ANN candidates, exact TERAN alignment, SCAN re-rank."""
+    """Two-stage search: the library's :class:`index.SearchParams` (ANN candidates, exact TERAN
+    alignment, SCAN re-rank; its one set of defaults and checks) and the SCAN re-ranker's temperature.
 
-    k: int = Field(10, ge=1)
-    rerank_k: int = Field(128, ge=0, description="top images re-ranked with SCAN (0 = no re-ranking)")
-    fusion: Literal["scan", "mrsw", "weighted"] = "weighted"
-    fusion_weight: float = Field(0.5, ge=0, le=1, description="weight of the SCAN score in 'weighted' fusion")
+    The search knobs may be given flat, ``SearchConfig(k=3, rerank_k=0)`` (``rerank_k=0``: no
+    re-ranking), or as ``params=SearchParams(...)``.
+    """
+
+    params: SearchParams = SearchParams()
     lambda_softmax: float = 9.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_search_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        names = {f.name for f in dataclasses.fields(SearchParams)}
+        flat = {key: value for key, value in data.items() if key in names}
+        if not flat:
+            return data
+        rest = {key: value for key, value in data.items() if key not in names}
+        base = rest.get("params") or SearchParams()
+        rest["params"] = dataclasses.replace(base if isinstance(base, SearchParams) else SearchParams(**base), **flat)
+        return rest
 
 
 class PipelineConfig(_Frozen):

@@ -32,12 +32,13 @@ from regionrank.index.manifest import IndexInfo, Manifest
 from regionrank.index.regions import RegionMatrix
 from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
 from regionrank.index.tuning import RecallProbe, exact_knn, recall_at_k
-from regionrank.index.twostage import (
+from regionrank.index.search import (
     CaptionHit,
     QueryEncoder,
     RerankOutput,
     Reranker,
     SearchHit,
+    SearchParams,
     SearchStats,
     Searcher,
     WordExplanation,
@@ -63,6 +64,7 @@ __all__ = [
     "RerankOutput",
     "Reranker",
     "SearchHit",
+    "SearchParams",
     "SearchStats",
     "Searcher",
     "VersionedDir",

@@ -13,7 +13,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-    from regionrank.index.twostage import SearchHit
+    from regionrank.index.search.types import SearchHit
 
 __all__ = ["render_heatmap"]
 
@@ -37,7 +37,7 @@ def render_heatmap(
 
     Args:
         image_path: the image file of ``hit`` (any format PIL reads).
-        hit: a :class:`index.twostage.SearchHit` (uses ``explanation``, ``boxes``, ``word_region_weights``,
+        hit: a :class:`index.search.SearchHit` (uses ``explanation``, ``boxes``, ``word_region_weights``,
             ``width`` / ``height``; boxes are in original pixels and are rescaled if the file differs).
         out_path: where to save the figure (format from the suffix), or ``None`` to only return it.
         layout: ``"grid"`` = one panel per word; ``"overlay"`` = every word on one panel, one colour each.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from index_testdata import Scene, unit, write_images
 
+from regionrank import index
 from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore
 from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord
 
@@ -43,3 +44,11 @@ def caption_store(
         for rec in records:
             w.write(rec)
     return CaptionEmbeddingStore(tmp_path / "caps"), records, images
+
+
+@pytest.fixture
+def built(tmp_path: Path, image_store) -> tuple[Path, ImageEmbeddingStore, list[ImageEmbeddingRecord]]:
+    """The 600-image scene with auto-chosen (Flat) global and region indexes."""
+    store, records = image_store
+    index.build_indexes(store, tmp_path / "idx")
+    return tmp_path / "idx", store, records

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from regionrank.index.twostage import RerankOutput
+from regionrank.index.search import RerankOutput
 from regionrank.index.version import VersionedDir
 from regionrank.storage import ImageEmbeddingStore
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
@@ -124,6 +124,19 @@ class EstimatingScanReranker(NumpyScanReranker):
 
     def estimate_bound(self, query: QueryEmbedding, word_max: np.ndarray) -> np.ndarray | None:
         return np.asarray(word_max, np.float32).mean(axis=1)  # each relevance is a mean of its word's cosines
+
+
+QUERIES = ["c1 c5", "c3 c12 c30", "c7 c8", "c20 c21 c22 c23", "c0", "c39 c2"]
+
+
+def mrsw_loop(words: np.ndarray, regions: np.ndarray, pad_to: int | None = 36) -> float:
+    """TERAN's MrSw written as a plain loop: per word the best region cosine (zero fill: at least 0
+    when the image has fewer than ``pad_to`` regions), summed."""
+    total = 0.0
+    for t in words:
+        best = max(float(np.dot(v, t)) for v in regions)
+        total += max(best, 0.0) if pad_to is not None and len(regions) < pad_to else best
+    return total
 
 
 def write_images(root: Path, records: list[ImageEmbeddingRecord]) -> ImageEmbeddingStore:

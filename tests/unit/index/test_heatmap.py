@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from regionrank.index.heatmap import render_heatmap
-from regionrank.index.twostage import SearchHit, WordExplanation
+from regionrank.index.search import SearchHit, WordExplanation
 
 
 def make_hit(width: int = 200, height: int = 100) -> SearchHit:
