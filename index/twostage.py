@@ -18,7 +18,7 @@ from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from regionrank.index.alignment import Alignment, maxsim_word_bounds, mrsw_align, mrsw_from_sims, word_region_sims
-from regionrank.index.build import IndexHandle, open_index
+from regionrank.index.handle import IndexHandle, open_index
 from regionrank.index.spec import IndexSpec
 from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, QueryEmbedding
 
@@ -389,7 +389,7 @@ class Searcher:
         version: int | None = None,
         ngpu: int = 0,
     ) -> None:
-        from regionrank.index.build import _open_source
+        from regionrank.index.source import open_embedding_source as _open_source
 
         if reranker is None and fusion != "mrsw":
             raise ValueError(f"fusion={fusion!r} needs a reranker; pass reranker=... or fusion='mrsw'")
