@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regionrank import index  # noqa: E402
-from regionrank.index._faiss import import_faiss  # noqa: E402
+from regionrank.index import faiss_module as import_faiss  # noqa: E402
 from regionrank.index.tuning import count_hits, exact_knn, recall_at_k  # noqa: E402
 from regionrank.storage import ImageEmbeddingStore  # noqa: E402
 from regionrank.storage.records import ImageEmbeddingRecord  # noqa: E402

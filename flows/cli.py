@@ -205,6 +205,10 @@ def status_cmd(workspace: Optional[Path] = _WS, runs: int = typer.Option(10, "--
 
     st = commands.status(_workspace(workspace), recent_runs=runs)
     console.print_json(data=st, default=str)
+    for v in st["index_versions"]:
+        if v["damaged"]:
+            err.print(f"[red]index version {v['version']} is damaged:[/red] {'; '.join(v['damaged'])}. "
+                      f"Roll back past it or rebuild (regionrank index); search opens the newest intact version.")
 
 
 @app.command("detectors")

@@ -115,8 +115,9 @@ def region_labels(ws: Workspace, image_ids: list[str]) -> dict[str, list[str] | 
 
 
 def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:
-    """What is stored, the index versions, and recent flow runs."""
-    from regionrank.index import versions
+    """What is stored, the index versions (each with ``damaged``: what is wrong with its files, empty when
+    intact), and recent flow runs."""
+    from regionrank.index import verify_version, versions
     from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
 
     out: dict[str, Any] = {"workspace": str(ws.root)}
@@ -131,7 +132,8 @@ def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:
     out["caption_embeddings"] = {"captions": len(caps)}
     try:
         out["index_versions"] = [
-            {"version": m.version, "created_at": m.created_at, "items": m.n_items, "history": m.history[-1:] if m.history else []}
+            {"version": m.version, "created_at": m.created_at, "items": m.n_items, "history": m.history[-1:] if m.history else [],
+             "damaged": verify_version(ws.index_dir, m.version)}
             for m in versions(ws.index_dir)
         ]
     except FileNotFoundError:

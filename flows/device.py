@@ -1,4 +1,5 @@
-"""Device resolution: the ONLY place "auto" is turned into a concrete device."""
+"""Device resolution: the ONLY place "auto" is turned into a concrete device, and "auto" / -1 into a
+number of faiss GPUs."""
 
 from __future__ import annotations
 
@@ -31,13 +32,24 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_faiss_gpus(ngpu: int | str = "auto") -> int:
-    """Number of GPUs faiss should use: "auto"/-1 = all that faiss sees, 0 = CPU."""
+    """Number of GPUs faiss should use: "auto"/-1 = all that faiss sees, 0 = CPU, n = n GPUs.
+
+    The only place "auto"/-1 is resolved; ``index`` functions take the resolved count.
+
+    Raises:
+        ValueError: not "auto", -1 or a count >= 0, or more GPUs than faiss sees.
+    """
     from regionrank.index import available_gpus
 
-    have = available_gpus()
     if ngpu in ("auto", -1):
-        return have
-    n = int(ngpu)
+        return available_gpus()
+    try:
+        n = int(ngpu)
+    except ValueError:
+        n = -2
+    if n < 0:
+        raise ValueError(f"ngpu must be 'auto', -1 (all GPUs), 0 (CPU) or a GPU count; got {ngpu!r}")
+    have = available_gpus() if n else 0
     if n > have:
         raise ValueError(f"ngpu={n} but faiss sees {have} GPU(s); install faiss-gpu on a GPU machine or use 0")
     return n

@@ -6,30 +6,21 @@ atomic publication and rollback; two-stage search (MaxSim candidates -> exact TE
 re-ranker) and image-to-text search; per-word heatmaps.
 
 faiss is optional: ``import index`` works without it, and building or opening an index then fails with
-an install hint (``index._faiss.import_faiss``).
+an install hint (:func:`faiss_module`).
 """
 
 from regionrank.index._faiss import available_gpus
+from regionrank.index._faiss import import_faiss as faiss_module
 from regionrank.index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
 from regionrank.index.ann import AnnIndex
-from regionrank.index.build import (
-    IndexHandle,
-    add_captions,
-    add_images,
-    build_caption_indexes,
-    build_indexes,
-    build_vector_index,
-    open_index,
-    remove_captions,
-    remove_images,
-    rollback,
-    update_or_build,
-    versions,
-)
+from regionrank.index.build import build_caption_indexes, build_indexes, build_vector_index
+from regionrank.index.handle import IndexHandle, open_index, rollback, verify_version, versions
 from regionrank.index.heatmap import render_heatmap
 from regionrank.index.idmap import IdMap
-from regionrank.index.manifest import IndexInfo, Manifest
+from regionrank.index.integrity import IndexDamagedError
+from regionrank.index.manifest import FileChecksum, IndexInfo, Manifest
 from regionrank.index.regions import RegionMatrix
+from regionrank.index.source import EmbeddingSource, open_embedding_source
 from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
 from regionrank.index.tuning import RecallProbe, exact_knn, recall_at_k
 from regionrank.index.search import (
@@ -46,14 +37,18 @@ from regionrank.index.search import (
     exhaustive_search,
     fuse_scores,
 )
+from regionrank.index.update import add_captions, add_images, remove_captions, remove_images, update_or_build
 from regionrank.index.version import IndexBusyError, VersionedDir
 
 __all__ = [
     "Alignment",
     "AnnIndex",
     "CaptionHit",
+    "EmbeddingSource",
+    "FileChecksum",
     "IdMap",
     "IndexBusyError",
+    "IndexDamagedError",
     "IndexHandle",
     "IndexInfo",
     "IndexSpec",
@@ -79,10 +74,12 @@ __all__ = [
     "choose_spec",
     "exact_knn",
     "exhaustive_search",
+    "faiss_module",
     "fuse_scores",
     "maxsim_candidates",
     "mrsw_align",
     "mrsw_align_stacked",
+    "open_embedding_source",
     "open_index",
     "parse_memory",
     "recall_at_k",
@@ -91,5 +88,6 @@ __all__ = [
     "render_heatmap",
     "rollback",
     "update_or_build",
+    "verify_version",
     "versions",
 ]

@@ -1,7 +1,8 @@
 """The one place regionrank imports faiss (optional: a missing faiss fails at first use with an
 actionable error), and the GPU helpers.
 
-Every other module of ``index`` obtains faiss through :func:`import_faiss`, so a missing faiss fails
+Every other module of ``index`` obtains faiss through :func:`import_faiss` (public as
+``regionrank.index.faiss_module``), so a missing faiss fails
 with one clear message, and every GPU path is guarded on ``faiss.get_num_gpus() > 0`` (a faiss-gpu
 build on a CPU-only machine returns an *empty* index from ``index_cpu_to_all_gpus``; ENVIRONMENT.md §4).
 """
@@ -9,10 +10,11 @@ build on a CPU-only machine returns an *empty* index from ``index_cpu_to_all_gpu
 from __future__ import annotations
 
 import logging
+import operator
 from types import ModuleType
 from typing import Any
 
-__all__ = ["available_gpus", "import_faiss", "resolve_ngpu", "to_cpu", "to_gpus"]
+__all__ = ["available_gpus", "check_ngpu", "import_faiss", "to_cpu", "to_gpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +46,34 @@ def available_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
-def resolve_ngpu(ngpu: int) -> int:
-    """Turn a user ``ngpu`` (-1 = all, 0 = CPU, n = n GPUs) into the number of GPUs to use.
+def check_ngpu(ngpu: int) -> int:
+    """Check a resolved GPU count (0 = CPU, n = n GPUs) against the GPUs faiss sees; return it.
+
+    Library code takes resolved counts only: ``"auto"`` / ``-1`` are resolved in ``flows/device.py``
+    (``resolve_faiss_gpus``), from :func:`available_gpus`.
 
     Raises:
-        ValueError: ``ngpu`` is below -1, or asks for more GPUs than faiss sees.
+        ValueError: ``ngpu`` is not a count >= 0 (``-1`` / ``"auto"`` included), or asks for more GPUs than
+            faiss sees.
     """
-    if ngpu < -1:
-        raise ValueError(f"ngpu must be -1 (all GPUs), 0 (CPU) or a positive count; got {ngpu}")
-    have = available_gpus()
-    if ngpu == -1:
-        return have
-    if ngpu > have:
+    try:
+        n = operator.index(ngpu)
+    except TypeError:
+        n = -1
+    if isinstance(ngpu, bool) or n < 0:
         raise ValueError(
-            f"ngpu={ngpu} GPUs requested but faiss sees {have}; pass ngpu=0 for CPU or -1 for all available "
+            f"ngpu must be a resolved GPU count (0 = CPU, n = n GPUs); got {ngpu!r}. For all GPUs pass "
+            f"index.available_gpus() (flows resolve 'auto' / -1 with flows.device.resolve_faiss_gpus)"
+        )
+    if n == 0:
+        return 0
+    have = available_gpus()
+    if n > have:
+        raise ValueError(
+            f"ngpu={n} GPUs requested but faiss sees {have}; pass ngpu=0 for CPU "
             f"(a GPU needs the faiss-gpu build: pip install 'regionrank[gpu]')"
         )
-    return ngpu
+    return n
 
 
 def to_gpus(index: Any, ngpu: int) -> Any:

@@ -38,7 +38,7 @@ class AnnIndex:
         index: the faiss index (CPU).
         search_value: the tuned ``nprobe`` / ``efSearch`` (``None`` for Flat).
         tombstones: ``int64[T]`` ids removed from an HNSW index.
-        ngpu: GPUs to search on (0 = CPU; resolved by the caller, see ``index._faiss.resolve_ngpu``).
+        ngpu: GPUs to search on (0 = CPU; resolved by the caller and checked with ``index._faiss.check_ngpu``).
     """
 
     def __init__(

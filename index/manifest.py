@@ -1,5 +1,6 @@
 """The JSON manifest of one published index version: what was built, from what, how it was tuned,
-what it measured, and what happened to it since (adds, removals, rebuilds)."""
+what it measured, what happened to it since (adds, removals, rebuilds), and the size and sha256 of every
+file it holds (checked when it is opened, ``index.integrity``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT_VERSION", "IndexInfo", "Manifest"]
+__all__ = ["FORMAT_VERSION", "FileChecksum", "IndexInfo", "Manifest"]
 
 FORMAT_VERSION = 1
 
@@ -71,6 +72,19 @@ class IndexInfo:
     predicted: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FileChecksum:
+    """Size and content hash of one file of a version, recorded when the version is published.
+
+    Attributes:
+        size: bytes.
+        sha256: hex digest of the file's bytes.
+    """
+
+    size: int
+    sha256: str
+
+
 @dataclass
 class Manifest:
     """Everything a reader or a later incremental update needs to know about one version.
@@ -88,6 +102,8 @@ class Manifest:
         parent_version: the version this one was derived from (``None`` for a fresh build).
         history: one line per operation since the last full build (``"build"``, ``"add 12"``, ...).
         encoder / encoder_hash: provenance of the embeddings, when the store records it.
+        files: ``relative path -> FileChecksum`` of every file of the version but ``manifest.json``;
+            empty for versions published before checksums were recorded.
     """
 
     version: int
@@ -103,6 +119,7 @@ class Manifest:
     history: list[str] = field(default_factory=list)
     encoder: str = ""
     encoder_hash: str = ""
+    files: dict[str, FileChecksum] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -117,6 +134,7 @@ class Manifest:
                 f"rebuild the index with this version of regionrank"
             )
         data["indexes"] = {k: IndexInfo(**v) for k, v in data["indexes"].items()}
+        data["files"] = {k: FileChecksum(**v) for k, v in data.get("files", {}).items()}
         return cls(**data)
 
     def write(self, directory: Path) -> None:

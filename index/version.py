@@ -4,7 +4,7 @@ Layout of an index directory::
 
     out_dir/
       CURRENT              # "v000003\n", replaced atomically (write temp, fsync, os.replace, fsync dir)
-      LOCK                 # flock()ed by the one publisher at a time; holds its pid
+      LOCK                 # flock()ed by the one publisher at a time (storage.locks.FileLock); holds its pid
       versions/v000002/    # the previous version, kept for rollback
       versions/v000003/    # manifest.json, global.faiss, region.faiss, ids.txt, idmap.npz, probes
       versions/.tmp-*/     # a version being written; never read, removed on failure
@@ -16,14 +16,14 @@ renamed into place, so no reader ever sees a half-written index.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
+
+from regionrank.storage.locks import FileLock
 
 __all__ = ["IndexBusyError", "VersionedDir"]
 
@@ -109,30 +109,15 @@ class VersionedDir:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "LOCK"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-                        raise IndexBusyError(
-                            f"index directory {self.root} is locked by another publisher (pid {holder}, lock file "
-                            f"{path}) for more than {timeout:g} s; wait for it to finish or raise lock_timeout"
-                        ) from None
-                    time.sleep(poll)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+
+        def busy(holder: str) -> IndexBusyError:
+            return IndexBusyError(
+                f"index directory {self.root} is locked by another publisher ({holder}, lock file {path}) "
+                f"for more than {timeout:g} s; wait for it to finish or raise lock_timeout"
+            )
+
+        with FileLock(path, timeout, poll=poll, busy_error=busy):
+            yield
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[Path]:

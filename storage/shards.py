@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 
 from regionrank.storage.codecs import CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS, REGIONS, Codec
 from regionrank.storage.fs import Location, resolve_location
+from regionrank.storage.locks import FileLock, StoreLockedError
 from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord, RegionRecord
 from regionrank.storage.schema import FAILURE_SCHEMA, read_schema_meta, with_meta
 
@@ -65,57 +65,11 @@ class CorruptShardError(ValueError):
     """A published shard cannot be read (truncated or damaged)."""
 
 
-class StoreLockedError(RuntimeError):
-    """Another writer holds the store's write lock."""
-
-
 @dataclass
 class _ShardInfo:
     name: str
     row_group_starts: np.ndarray  # first row of each row group
     num_rows: int
-
-
-class _FileLock:
-    """An exclusive advisory lock on a local file (fcntl), polled with a deadline."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self.path, self.timeout, self._fh = path, timeout, None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        fh = open(self.path, "a+")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    fh.seek(0)
-                    holder = fh.read().strip() or "unknown"
-                    fh.close()
-                    raise StoreLockedError(
-                        f"another writer holds the lock on {os.path.dirname(self.path)} ({holder}); "
-                        f"wait for it to finish, or pass a longer lock_timeout (was {self.timeout:.0f} s)"
-                    ) from None
-                time.sleep(0.05)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
-
-            self._fh.seek(0)
-            self._fh.truncate()
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 _HOST = socket.gethostname().replace(".", "_")
@@ -493,7 +447,7 @@ class ShardWriter(Generic[R]):
         self.rows_per_shard, self.row_group_bytes = rows_per_shard, row_group_bytes
         self.provenance = {k: v for k, v in provenance.items() if v is not None}
         self.stats = WriteStats()
-        self._lock = _FileLock(store.location.join(LOCK_FILE), lock_timeout) if store.location.is_local else None
+        self._lock = FileLock(store.location.join(LOCK_FILE), lock_timeout) if store.location.is_local else None
         self._buffer: list[Any] = []
         self._buffer_bytes = 0
         self._session_keys: set[str] = set()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from regionrank.index.alignment import mrsw_align
-from regionrank.index.build import IndexHandle
+from regionrank.index.handle import IndexHandle
 from regionrank.index.search.types import CaptionHit
 from regionrank.storage.records import CaptionEmbeddingRecord, ImageEmbeddingRecord
 

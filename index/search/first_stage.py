@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from regionrank.index.alignment import maxsim_word_bounds, mrsw_from_sims, word_region_sims
-from regionrank.index.build import IndexHandle
+from regionrank.index.handle import IndexHandle
 from regionrank.index.regions import RegionMatrix
 from regionrank.index.search.fusion import fuse_scores
 from regionrank.index.search.params import SearchParams

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from regionrank.index.build import IndexHandle, _open_source, open_index
+from regionrank.index.handle import IndexHandle, open_index
+from regionrank.index.source import open_embedding_source
 from regionrank.index.regions import RegionMatrix
 from regionrank.index.search.captions import caption_search
 from regionrank.index.search.first_stage import FirstStage, RoundState
@@ -74,7 +75,7 @@ class Searcher:
         self.handle: IndexHandle = open_index(index_dir, version, ngpu=ngpu)
         if self.handle.manifest.corpus != "images":
             raise ValueError(f"{index_dir} indexes {self.handle.manifest.corpus}, not images; pass an image index")
-        self.embeddings = _open_source(embeddings, "images")
+        self.embeddings = open_embedding_source(embeddings, "images")
         self.query_encoder = query_encoder
         self.reranker = reranker if params.reranks else None
         estimator = (self.reranker if params.use_estimates and params.fusion != "mrsw"
@@ -88,7 +89,7 @@ class Searcher:
             if captions is None:
                 raise ValueError("caption_index_dir needs captions= (the CaptionEmbeddingStore it was built from)")
             self.caption_handle = open_index(caption_index_dir, ngpu=ngpu)
-            self.captions = _open_source(captions, "captions")
+            self.captions = open_embedding_source(captions, "captions")
 
     @property
     def estimator(self) -> ScoreEstimator | None:

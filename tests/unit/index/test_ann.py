@@ -122,13 +122,22 @@ def test_shape_and_training_errors() -> None:
 
 
 def test_gpu_requests_are_guarded_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _faiss.resolve_ngpu(0) == 0
+    from regionrank.flows.device import resolve_faiss_gpus
+
+    assert _faiss.check_ngpu(0) == 0
     monkeypatch.setattr(_faiss, "available_gpus", lambda: 0)
-    assert _faiss.resolve_ngpu(-1) == 0
+    monkeypatch.setattr("regionrank.index.available_gpus", lambda: 0)
+    assert resolve_faiss_gpus(-1) == 0 and resolve_faiss_gpus("auto") == 0  # only flows resolve "all GPUs"
     with pytest.raises(ValueError, match="ngpu=1"):
-        _faiss.resolve_ngpu(1)
+        _faiss.check_ngpu(1)
+    with pytest.raises(ValueError, match="ngpu=1"):
+        resolve_faiss_gpus(1)
     with pytest.raises(ValueError, match="ngpu must be"):
-        _faiss.resolve_ngpu(-2)
+        _faiss.check_ngpu(-2)
+    with pytest.raises(ValueError, match="ngpu must be"):
+        _faiss.check_ngpu(-1)  # index takes resolved counts only
+    with pytest.raises(ValueError, match="ngpu must be"):
+        resolve_faiss_gpus(-2)
     sentinel = object()
     # never calls index_cpu_to_all_gpus (which returns an EMPTY index on a CPU-only faiss-gpu build)
     assert _faiss.to_gpus(sentinel, 1) is sentinel

@@ -91,7 +91,11 @@ def test_a_version_without_a_matrix_falls_back_to_the_store_and_stays_without_on
     store = write_images(tmp_path / "emb", first + extra)
     idx = tmp_path / "idx"
     index.build_indexes(store, idx, image_ids=[r.image_id for r in first])
-    shutil.rmtree(index.open_index(idx).path / REGIONS_DIR)  # as published before region matrices existed
+    vdir = index.open_index(idx).path
+    shutil.rmtree(vdir / REGIONS_DIR)  # as published before region matrices existed (and so before checksums)
+    old = index.Manifest.read(vdir)
+    old.files = {}
+    old.write(vdir)
     enc = BagOfWordsEncoder(scene.prototypes)
     s = index.Searcher(idx, store, enc, fusion="mrsw")
     assert s.regions is None and len(s.search("c1 c5", 5)) == 5 and s.last_stats.source == "embeddings"
