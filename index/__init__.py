@@ -2,11 +2,23 @@
 
 Global and region-level (multi-vector) faiss indexes over embedding shards, chosen automatically and
 tuned to a target recall; incremental adds/removals on stable int64 ids; versioned directories with
-atomic publication and rollback; two-stage search (MaxSim candidates -> exact TERAN MrSw -> injected
-re-ranker) and image-to-text search; per-word heatmaps.
+atomic publication, checksums and rollback; two-stage search and image-to-text search; heatmaps.
 
-faiss is optional: ``import index`` works without it, and building or opening an index then fails with
-an install hint (:func:`faiss_module`).
+Modules, by role:
+
+* vectors in: ``source`` (the :class:`EmbeddingSource` protocol over embedding stores, gathering);
+* one index: ``spec`` (index keys, the automatic choice), ``ann`` (a faiss index with ids), ``tuning``
+  (certified nprobe/efSearch), ``regions`` (the per-version region matrix), ``idmap``;
+* the version lifecycle: ``build`` (a new version from a store), ``update`` (add/remove, and
+  :func:`update_or_build`, the one "add or build" decision every run path takes), ``handle`` (open a
+  version read-only, :func:`versions`, :func:`rollback`), ``version`` (the versioned directory and its
+  lock), ``manifest``, ``integrity`` (checksums; damaged versions are skipped with a warning);
+* search: ``search/`` (``params`` :class:`SearchParams`, ``types`` protocols and hits, ``first_stage``
+  candidate rounds with their completeness proof, ``rerank``/``fusion``, ``searcher`` the facade,
+  ``captions`` image-to-text, ``exhaustive`` the reference), ``alignment`` (MrSw), ``heatmap``.
+
+faiss is optional: ``import regionrank.index`` works without it, and building or opening an index then
+fails with an install hint (:func:`faiss_module`).
 """
 
 from regionrank.index._faiss import available_gpus
