@@ -19,18 +19,17 @@ Every figure is printed with an in-run baseline and the ratio to it:
   ``encoders.training.train`` on the compositional synthetic set written to region shards; held-out
   R@1 per epoch and attribute-swap twin accuracy.
 
-    python bench/encoders.py --quick          # under a minute
-    python bench/encoders.py                  # larger SCAN sizes
-    python bench/encoders.py --learning       # adds the learning curves (several CPU minutes)
-    python bench/encoders.py --quick --json   # last line is a JSON object
-    python bench/encoders.py --threads 1      # stable figures on a loaded machine
+    python -m bench.encoders --quick          # under a minute
+    python -m bench.encoders                  # larger SCAN sizes
+    python -m bench.encoders --learning       # adds the learning curves (several CPU minutes)
+    python -m bench.encoders --quick --json   # last line is a JSON object
+    python -m bench.encoders --threads 1      # stable figures on a loaded machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,11 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regionrank.encoders.losses import contrastive_loss  # noqa: E402
-from regionrank.encoders.scan import l2norm, xattn_scores  # noqa: E402
-from regionrank.encoders.scan_model import MeanPoolBaseline, ScanModel  # noqa: E402
+from regionrank.encoders.losses import contrastive_loss
+from regionrank.encoders.scan import l2norm, xattn_scores
+from regionrank.encoders.scan_model import MeanPoolBaseline, ScanModel
 
 LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
 
@@ -181,7 +178,7 @@ def bench_teran_encoding(n_images: int, n_captions: int) -> dict[str, Any]:
     try:
         from regionrank.encoders.embed import encode_region_records, encode_texts
         from regionrank.encoders.synthetic import make_compositional_dataset
-        from regionrank.encoders.registry import create_encoder
+        from regionrank.encoders import create_encoder
 
         torch.manual_seed(0)
         model = create_encoder("teran-coco").eval()
@@ -239,7 +236,7 @@ def bench_train_step(batch: int, steps: int) -> dict[str, Any]:
 
 def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> dict[str, Any]:
     from regionrank.encoders.synthetic import binding_ceiling, make_compositional_dataset, twin_accuracy, write_to_store
-    from regionrank.encoders.training import train
+    from regionrank.encoders import train
 
     work = Path(tempfile.mkdtemp(prefix="regionrank-bench-encoders-"))
     tr = make_compositional_dataset(n_train, feature_dim=feature_dim, seed=0)
@@ -257,7 +254,7 @@ def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> 
         report = train({"kind": kind, "name": f"bench-{kind}", **arch}, work / "regions", caps_tr + caps_te,
                        work / f"out-{kind}", epochs=epochs, val_split="test", val_max_images=n_test,
                        progress=lambda rep, c=curve: c.append({"epoch": rep.epoch, "loss": rep.loss, **(rep.val or {})}))
-        from regionrank.encoders.checkpoint import load_model
+        from regionrank.encoders import load_model
 
         model = load_model(report.checkpoint).eval()
         with torch.no_grad():
@@ -274,7 +271,7 @@ def bench_learning(n_train: int, n_test: int, epochs: int, feature_dim: int) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.encoders", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     ap.add_argument("--learning", action="store_true", help="also train SCAN and the mean-pool baseline (minutes)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs for --learning")

@@ -9,10 +9,10 @@ used, so drift on a shared machine hits both sides.
 
 Usage::
 
-    python bench/extract.py --quick            # < 1 min on 2 CPU cores (small network and images)
-    python bench/extract.py --n 8 --json       # the real butd-r101-c4 at 600 x 1000 (about 15 s / image on CPU)
-    python bench/extract.py --images ../shared/data/coco-mini/images --n 16 --detector ssd-mobilenet-coco
-    python bench/extract.py --device cuda --batch-size 8   # GPU path: bf16 autocast + channels_last (unmeasured here)
+    python -m bench.extract --quick            # < 1 min on 2 CPU cores (small network and images)
+    python -m bench.extract --n 8 --json       # the real butd-r101-c4 at 600 x 1000 (about 15 s / image on CPU)
+    python -m bench.extract --images ../shared/data/coco-mini/images --n 16 --detector ssd-mobilenet-coco
+    python -m bench.extract --device cuda --batch-size 8   # GPU path: bf16 autocast + channels_last (unmeasured here)
 
 Without ``--weights`` the Faster R-CNN detectors run with seeded random weights:
 the timings are those of the real architecture, the features are meaningless.
@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,10 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regionrank.extractors import decode_image, extract, get_detector, list_images  # noqa: E402
-from regionrank.extractors.detector import Detector, PreparedImage  # noqa: E402
+from regionrank.extractors import Detector, PreparedImage, decode_image, extract, get_detector, list_images
 
 QUICK_BUTD = {"blocks": (1, 1, 1, 1), "min_size": 224, "max_size": 384, "rpn_post_nms_top_n": 50, "roi_pool_size": 7}
 QUICK_FRCNN = {"min_size": 224, "max_size": 384}
@@ -76,7 +72,7 @@ def _bare_forward(det: Detector, prepared: Sequence[PreparedImage], batch_size: 
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", default="butd-r101-c4")
     ap.add_argument("--weights", default=None, help="local weights file (default: seeded random init / packaged demo files)")
     ap.add_argument("--images", default=None, help="folder of images (default: synthetic JPEGs)")

@@ -23,12 +23,12 @@ and regionrank deduplicates images by content hash, so for more images the bench
 variants of each photo (mirrored, re-encoded at another JPEG quality, cropped by a few pixels)
 into a temporary folder; synthetic photos stand in when coco-mini is absent.
 
-    python bench/flows.py --quick          # 40 images in shards of 10 (small-shard figure, < 1 min)
-    python bench/flows.py --small          # 200 images in shards of 50
-    python bench/flows.py                  # 500 images in shards of 250 (realistic shards)
-    python bench/flows.py --server sqlite  # against a real `prefect server start` (SQLite)
-    python bench/flows.py --server postgresql+asyncpg://user@127.0.0.1:5432/prefect
-    python bench/flows.py --json           # last line is a JSON object
+    python -m bench.flows --quick          # 40 images in shards of 10 (small-shard figure, < 1 min)
+    python -m bench.flows --small          # 200 images in shards of 50
+    python -m bench.flows                  # 500 images in shards of 250 (realistic shards)
+    python -m bench.flows --server sqlite  # against a real `prefect server start` (SQLite)
+    python -m bench.flows --server postgresql+asyncpg://user@127.0.0.1:5432/prefect
+    python -m bench.flows --json           # last line is a JSON object
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COCO = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
 
@@ -115,7 +113,7 @@ def _api(server: str | None, work: Path) -> Iterator[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.flows", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="40 images in shards of 10 (under a minute)")
     size.add_argument("--small", action="store_true", help="200 images in shards of 50 (small shards)")

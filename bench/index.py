@@ -15,7 +15,7 @@ sample of their own, never the evaluation queries), and regionrank is asked for 
 and the build times compared. ``--target-recall`` forces a target instead (the incremental part uses
 the same target).
 
-    python bench/index.py [--quick] [--json] [--n 100000] [--dim 1024] [--target-recall 0.99]
+    python -m bench.index [--quick] [--json] [--n 100000] [--dim 1024] [--target-recall 0.99]
 
 autofaiss is optional (``pip install autofaiss``; its metadata pins numpy<2, so install it with
 ``--no-deps`` plus embedding-reader, fire, termcolor and pandas into a separate folder on PYTHONPATH).
@@ -27,20 +27,16 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from regionrank import index  # noqa: E402
-from regionrank.index import faiss_module as import_faiss  # noqa: E402
+from regionrank.index import faiss_module as import_faiss
 from regionrank.index.tuning import count_hits, exact_knn, recall_at_k  # noqa: E402
-from regionrank.storage import ImageEmbeddingStore  # noqa: E402
-from regionrank.storage.records import ImageEmbeddingRecord  # noqa: E402
+from regionrank.storage import ImageEmbeddingRecord, ImageEmbeddingStore
 
 
 def clustered(n: int, d: int, n_centres: int, seed: int, noise: float = 0.6, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +137,7 @@ def bench_incremental(xb: np.ndarray, new: np.ndarray, budget: str, target: floa
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.index", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="10k x 128-d: about a minute")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     p.add_argument("--n", type=int, default=None, help="database vectors (default 100000, quick 10000)")

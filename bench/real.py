@@ -26,7 +26,7 @@ map, every image a gallery item):
   (t2i R@1 0.39, R@5 0.70, R@10 0.79) matches this baseline on a gallery of the 159 val2017 images
   (0.404 / 0.736 / 0.801); over all 239 images it gives 0.340 / 0.689 / 0.758 (see ``encoders.labelbag``).
 
-Measured (``python bench/real.py --json``, all 239 images, 1,195 captions), t2i R@1/5/10: grounded
+Measured (``python -m bench.real --json``, all 239 images, 1,195 captions), t2i R@1/5/10: grounded
 0.375/0.713/0.796, grounded_scan 0.383/0.706/0.804 (fusion weighted:0.25 chosen on val), labelbag
 0.340/0.689/0.758; diagnostics: grounded_static 0.236, labelbag_natural 0.360, grounded_f1 0.353;
 with ``--keep-stopwords`` grounded 0.385 and grounded_scan 0.381 (val prefers dropping: 0.430 vs 0.403
@@ -51,9 +51,9 @@ captions), validated each epoch on ``val`` and evaluated on ``test`` before and 
 
 Usage::
 
-    python bench/real.py --quick --json         # a 32-image subset, < 1 min on 2 CPU cores
-    python bench/real.py                        # all 239 images + the TERAN check (a few minutes)
-    python bench/real.py --data DIR --regions /tmp/coco-mini-regions   # keep/reuse the region store
+    python -m bench.real --quick --json         # a 32-image subset, < 1 min on 2 CPU cores
+    python -m bench.real                        # all 239 images + the TERAN check (a few minutes)
+    python -m bench.real --data DIR --regions /tmp/coco-mini-regions   # keep/reuse the region store
 
 Recalls are fractions in [0, 1] (``encoders.evaluation`` gives percent; divided by 100 here).
 """
@@ -64,7 +64,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -78,11 +77,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from regionrank.encoders.evaluation import i2t, t2i  # noqa: E402
-from regionrank.storage import RegionStore, read_karpathy_json  # noqa: E402
-from regionrank.storage.records import Caption, ImageEmbeddingRecord, RegionRecord  # noqa: E402
+from regionrank.storage import Caption, ImageEmbeddingRecord, RegionRecord, RegionStore, read_karpathy_json  # noqa: E402
 
 DETECTOR = "ssd-mobilenet-coco"
 MODES = ("grounded", "grounded_scan", "labelbag")
@@ -251,7 +247,7 @@ def grounded_scores(
         scan_options: ``xattn_scores`` options (default: ``ScanReranker``'s, SCAN t-i LSE).
     """
     from regionrank.encoders.scan import xattn_scores
-    from regionrank.encoders.teran import alignment_scores
+    from regionrank.encoders import alignment_scores
 
     queries = [np.asarray(q, np.float32) for q in queries]
     dim = encoder.embed_dim
@@ -277,8 +273,8 @@ def grounded_scores(
 
 
 def fuse(gs: GroundedScores, fusion: str, weight: float) -> np.ndarray:
-    """``index.search.fuse_scores`` applied to every caption column (``float32[n_image, n_caption]``)."""
-    from regionrank.index.search import fuse_scores
+    """``regionrank.index.fuse_scores`` applied to every caption column (``float32[n_image, n_caption]``)."""
+    from regionrank.index import fuse_scores
 
     out = np.empty_like(gs.mrsw)
     for c in range(gs.mrsw.shape[1]):
@@ -342,8 +338,8 @@ def teran_sanity(store_dir: Path, captions: Sequence[Caption], out_dir: Path, *,
         ``before`` / ``after`` (t2i and i2t R@1/5/10 in percent on ``test``), ``curve`` (per epoch: loss,
         val t2i R@1/R@5), ``train_pairs``, ``seconds``.
     """
-    from regionrank.encoders.registry import create_encoder, load_teran_cfg
-    from regionrank.encoders.training import evaluate, train
+    from regionrank.encoders import create_encoder, evaluate, train
+    from regionrank.encoders.registry import load_teran_cfg
 
     cfg = load_teran_cfg("teran-tiny").replace(feature_dim=1280)
     t0 = time.perf_counter()
@@ -385,7 +381,7 @@ def run(
     batch_size: int = 4,
 ) -> dict[str, Any]:
     """The whole evaluation; returns the summary (see the module docstring)."""
-    from regionrank.encoders.grounded import GroundedEncoder
+    from regionrank.encoders import GroundedEncoder
     from regionrank.encoders.labelbag import LabelBagEncoder
     from regionrank.encoders.text import load_text_model
     from regionrank.extractors.labels import coco_label_names
@@ -506,7 +502,7 @@ def _print_report(s: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.real", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=default_data_dir(), help="the coco-mini folder")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES}-image subset, no TERAN training (< 1 min)")
     ap.add_argument("--n-images", type=int, default=None, help="evenly spaced subset of this many images")

@@ -19,7 +19,7 @@ from Parquet, then the reference), each query once. It also reports the first st
 exhaustive top-10 (is the reference top-10 among the images scored by exact MrSw?), the certified
 region depth and the adaptive re-ranking depth.
 
-    python bench/search.py [--quick] [--json] [--n 10000] [--dim 256]
+    python -m bench.search [--quick] [--json] [--n 10000] [--dim 256]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import dataclasses
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import time
 import zlib
@@ -38,11 +37,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regionrank import index  # noqa: E402
-from regionrank.storage import ImageEmbeddingStore  # noqa: E402
-from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding  # noqa: E402
+from regionrank import index
+from regionrank.storage import ImageEmbeddingRecord, ImageEmbeddingStore, QueryEmbedding
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -95,7 +91,7 @@ def timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2000 images x 64-d, 10 queries: under a minute")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     p.add_argument("--n", type=int, default=None, help="images (default 10000, quick 2000)")
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-estimates", action="store_true", help="re-rank in MrSw order (no SCAN estimate)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from regionrank.encoders.adapters import ScanReranker  # the real SCAN code; only the benchmark imports encoders
+    from regionrank.encoders import ScanReranker  # the real SCAN code; only the benchmark imports encoders
 
     n = args.n or (2000 if args.quick else 10_000)
     dim = args.dim or (64 if args.quick else 256)

@@ -3,9 +3,9 @@
 Baseline measured in the same run: SCAN's precomp layout (one float32 ``.npy`` of
 shape (N, 36, 2048)), written and read with numpy.
 
-    python bench/storage.py            # 10k images (the figures in the issue note)
-    python bench/storage.py --quick    # 1k images, well under a minute
-    python bench/storage.py --json     # last line is a JSON object
+    python -m bench.storage            # 10k images (the figures in the issue note)
+    python -m bench.storage --quick    # 1k images, well under a minute
+    python -m bench.storage --json     # last line is a JSON object
 
 Features are drawn "post-ReLU-like" (pool5 features are means of ReLU maps: non-negative,
 many exact zeros) by default; ``--dense`` uses dense Gaussian features, the worst case for
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regionrank.storage import RegionRecord, RegionStore  # noqa: E402
+from regionrank.storage import RegionRecord, RegionStore
 
 
 def make_records(n: int, regions: int, dim: int, dense: bool, seed: int = 0):
@@ -47,7 +43,7 @@ def dir_bytes(path: Path, pattern: str) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1k images instead of 10k")
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--dense", action="store_true", help="dense Gaussian features (incompressible worst case)")

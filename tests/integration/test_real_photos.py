@@ -69,10 +69,10 @@ def test_recalls_restricts_t2i_queries_to_the_given_columns():
 
 
 def _quick_run(regions: Path) -> dict:
-    """``bench/real.py --quick --json`` in a fresh interpreter; its last stdout line parsed."""
+    """``python -m bench.real --quick --json`` from the repository root; its last stdout line parsed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "real.py"), "--quick", "--json", "--data", str(DATA), "--regions", str(regions)],
+        [sys.executable, "-m", "bench.real", "--quick", "--json", "--data", str(DATA), "--regions", str(regions)],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -51,3 +51,30 @@ def test_assign_rejects_already_alive() -> None:
     m.assign(["a"], [1])
     with pytest.raises(ValueError, match="already indexed"):
         m.assign(["a"], [1])
+
+
+def test_lookup_of_dead_ids_and_region_ids_of_empty_images() -> None:
+    m = IdMap()
+    ints = m.assign(["a", "b"], [0, 2])
+    m.kill(ints[:1])
+    np.testing.assert_array_equal(m.lookup(["a", "b"], alive_only=False), [0, 1])
+    assert m.region_ids(ints[:1]).tolist() == [] and m.region_ids(ints[:1]).dtype == np.int64
+    assert m.image_id(1) == "b" and m.alive.dtype == bool and m.n_regions.dtype == np.int32
+
+
+def test_copy_is_independent(tmp_path: Path) -> None:
+    m = IdMap()
+    m.assign(["a", "b"], [1, 2])
+    c = m.copy()
+    c.kill(c.lookup(["a"]))
+    c.assign(["z"], [3])
+    assert m.alive_ids() == ["a", "b"] and m.image_ids == ["a", "b"]
+    assert c.alive_ids() == ["b", "z"]
+
+
+def test_empty_map_round_trips_and_corrupt_ids_are_refused(tmp_path: Path) -> None:
+    IdMap().save(tmp_path)
+    back = IdMap.load(tmp_path)
+    assert back.image_ids == [] and len(back) == 0 and back.alive.shape == (0,)
+    with pytest.raises(ValueError, match="must be unique; the stored id map is corrupt"):
+        IdMap(["a", "a"])
