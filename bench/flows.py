@@ -95,7 +95,7 @@ def _api(server: str | None, work: Path) -> Iterator[str]:
     if not server:
         yield "embedded (ephemeral API server, SQLite)"
         return
-    from regionrank.flows.server import start_local_server
+    from regionrank.flows.prefect_server import start_local_server
 
     url = None if server == "sqlite" else server
     srv = start_local_server(work / "server", database_url=url, timeout=240)

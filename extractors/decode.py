@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "DecodeLimits", "ImageDecodeError", "decode_image", "probe_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "DecodeLimits", "ImageDecodeError", "decode_image", "probe_image",
+    "read_image_bytes",
+]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459)
 DEFAULT_MIN_SIDE = 8
@@ -51,10 +54,16 @@ class DecodeLimits:
     min_side: int = DEFAULT_MIN_SIDE
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read an image file's bytes: the one place the extractors open an input file.
+
+    Raises:
+        ImageDecodeError: ``not-found``, ``permission-denied``, ``not-a-file`` (a folder),
+            ``unreadable`` (any other OS error, e.g. a symlink loop) or ``empty-file``.
+    """
     uri = str(path)
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise ImageDecodeError(uri, f"not-found: {exc.strerror or exc}") from exc
     except PermissionError as exc:
@@ -97,7 +106,7 @@ def probe_image(path: str | os.PathLike[str], data: bytes | None = None, limits:
         ImageDecodeError: unreadable, empty, not an image, too small or too large.
     """
     uri = str(path)
-    data = _read_bytes(Path(path)) if data is None else data
+    data = read_image_bytes(path) if data is None else data
     with _open(uri, data) as im:
         width, height = im.size
         try:
@@ -151,7 +160,7 @@ def decode_image(
             ``truncated``, ``too-small``, ``too-large``).
     """
     uri = str(path)
-    data = _read_bytes(Path(path)) if data is None else data
+    data = read_image_bytes(path) if data is None else data
     probe_image(path, data, limits)
     src = _open(uri, data)
     try:

@@ -1,15 +1,18 @@
 """``extract``: images on disk -> region feature shards, through any registered detector.
 
-The run, in order:
+The run, in order, one window of inputs (``read_window`` images) at a time:
 
 1. list the inputs (a folder is walked recursively for image extensions);
-2. a pre-pass (thread pool) hashes every file (the image id) and reads only its
-   header (size after EXIF orientation); unreadable inputs become failures here;
-3. duplicate contents and ids already in the store are skipped;
+2. identify: a thread pool reads every file ONCE (:func:`read_image_bytes`), hashes the
+   bytes (the image id) and reads the header from memory (size after EXIF orientation);
+   unreadable inputs (a symlink loop, a folder, a truncated file...) become failures here,
+   recorded in the store's failures table;
+3. duplicate contents and ids already in the store are skipped (one ``missing`` call);
 4. the rest is grouped by the detector's network input size (images of similar
    aspect ratio resize to the same size), so a batch stacks without padding and
    batched features equal one-by-one features up to kernel rounding;
-5. a ``DataLoader`` decodes and pre-processes in worker processes;
+5. a ``DataLoader`` decodes the bytes read in step 2 (no second read, no re-hash) and
+   pre-processes them in worker processes;
 6. the detector runs under ``torch.inference_mode`` (autocast and channels_last
    on CUDA are the detector's business), and every image becomes one
    :class:`storage.RegionRecord` written through ``RegionStore.writer``, with the
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image
+from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image, read_image_bytes
 from regionrank.extractors.detector import Detector, PreparedImage, Preprocessor, StageTimer, config_hash, get_detector
 from regionrank.storage import RegionRecord, RegionStore, image_id_for_bytes
 
@@ -54,7 +57,8 @@ class ExtractReport:
         n_failed: unreadable inputs (recorded in the store's failures table).
         failures: ``{"uri", "reason"}`` per failed input.
         seconds: wall-clock seconds of the whole run.
-        stage_seconds: seconds per stage: ``hash`` (pre-pass, wall), ``decode`` and
+        stage_seconds: seconds per stage: ``hash`` (identification: the one read, the hash and
+            the header, wall), ``decode`` and
             ``transform`` (summed over worker processes), ``load_wait`` (main process
             waiting for the loader), ``trunk``, ``rpn``, ``roi_head``, ``nms``
             (bottom-up; other detectors name their own stages), ``write``.
@@ -131,6 +135,7 @@ class _Item:
     image_id: str
     width: int
     height: int
+    data: bytes = field(default=b"", repr=False)  # the file's bytes, held from identification until decoded
 
 
 @dataclass
@@ -155,14 +160,9 @@ class _DecodeDataset(Dataset[_Sample]):
         item = self.items[index]
         t0 = time.perf_counter()
         try:
-            data = Path(item.uri).read_bytes()
-            if image_id_for_bytes(data) != item.image_id:
-                return _Sample(item, None, "changed-during-run: file content differs from the pre-pass", 0.0, 0.0)
-            rgb = decode_image(item.uri, data=data, limits=self.limits)
+            rgb = decode_image(item.uri, data=item.data, limits=self.limits)  # the bytes hashed at identification
         except ImageDecodeError as exc:
             return _Sample(item, None, exc.reason, time.perf_counter() - t0, 0.0)
-        except OSError as exc:
-            return _Sample(item, None, f"unreadable: {exc}", time.perf_counter() - t0, 0.0)
         t1 = time.perf_counter()
         prepared = self.preprocessor(rgb)
         return _Sample(item, prepared, None, t1 - t0, time.perf_counter() - t1)
@@ -177,24 +177,14 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _probe(uri: str, limits: DecodeLimits) -> _Item | tuple[str, str]:
+def _identify(uri: str, limits: DecodeLimits) -> _Item | tuple[str, str]:
+    """Read the file once: its id (sha256 of the bytes), its size from the header, and the bytes to decode."""
     try:
-        path = Path(uri)
-        if path.is_dir():
-            return uri, "not-a-file: is a directory"
-        data = path.read_bytes()
-        if not data:
-            return uri, "empty-file: zero bytes"
+        data = read_image_bytes(uri)
         width, height = probe_image(uri, data, limits)
-        return _Item(uri, image_id_for_bytes(data), width, height)
     except ImageDecodeError as exc:
         return uri, exc.reason
-    except FileNotFoundError as exc:
-        return uri, f"not-found: {exc.strerror or exc}"
-    except PermissionError as exc:
-        return uri, f"permission-denied: {exc.strerror or exc}"
-    except OSError as exc:
-        return uri, f"unreadable: {exc}"
+    return _Item(uri, image_id_for_bytes(data), width, height, data)
 
 
 def _batches(items: Sequence[_Item], preprocessor: Preprocessor, batch_size: int) -> list[list[int]]:
@@ -206,6 +196,31 @@ def _batches(items: Sequence[_Item], preprocessor: Preprocessor, batch_size: int
     for idxs in groups.values():
         out.extend(idxs[j : j + batch_size] for j in range(0, len(idxs), batch_size))
     return out
+
+
+def _decode_batches(todo: list[_Item], det: Detector, batch_size: int, num_workers: int, limits: DecodeLimits,
+                    timer: StageTimer) -> Iterator[list[_Sample]]:
+    """Decoded, pre-processed batches of ``todo`` (from the bytes it holds), timing the loader's stages."""
+    loader = DataLoader(
+        _DecodeDataset(todo, det.preprocessor, limits),
+        batch_sampler=_batches(todo, det.preprocessor, batch_size),
+        num_workers=num_workers if todo else 0,
+        collate_fn=_collate,
+        pin_memory=det.device.type == "cuda",
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        multiprocessing_context=_worker_context() if num_workers > 0 and todo else None,
+    )
+    batches: Iterator[list[_Sample]] = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        timer.add("load_wait", time.perf_counter() - t0)
+        if batch is None:
+            return
+        for s in batch:
+            timer.add("decode", s.decode_s)
+            timer.add("transform", s.transform_s)
+        yield batch
 
 
 def _to_record(sample: _Sample, det: Any) -> RegionRecord:
@@ -237,6 +252,7 @@ def extract(
     progress: Callable[[int, int], None] | None = None,
     detector_options: dict[str, Any] | None = None,
     limits: DecodeLimits = DecodeLimits(),
+    read_window: int = 256,
 ) -> ExtractReport:
     """Detect regions in ``images`` and write one :class:`storage.RegionRecord` per new image to ``store``.
 
@@ -252,9 +268,11 @@ def extract(
         num_workers: decoding worker processes (0 = decode in this process).
         rows_per_shard: images per Parquet shard.
         progress: called as ``progress(done, total)`` after each batch, ``total``
-            being the number of images to extract.
+            being the number of images to extract (an upper bound until the last window is read).
         detector_options: backend options for a detector given by name.
         limits: accepted image sizes (decompression-bomb and minimum-side limits).
+        read_window: inputs identified at a time; each file is read once, and the bytes of a
+            window's new images stay in memory until they are decoded.
 
     Returns:
         :class:`ExtractReport`.
@@ -267,6 +285,8 @@ def extract(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0; got {num_workers}")
+    if read_window < 1:
+        raise ValueError(f"read_window must be >= 1; got {read_window}")
     t_start = time.perf_counter()
     uris = list_images(images)
     det: Detector
@@ -293,59 +313,51 @@ def extract(
         detector=det.name, config_hash=report.config_hash, weights_hash=det.weights_hash,
         feature_dim=det.feature_dim, rows_per_shard=rows_per_shard,
     ) as writer:  # fmt: skip
-        with timer.stage("hash"), ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            probed = list(pool.map(lambda u: _probe(u, limits), uris))
-        items: list[_Item] = []
         seen: set[str] = set()
-        for res in probed:
-            if isinstance(res, tuple):
-                fail(writer, *res)
-            elif res.image_id in seen:
-                report.n_duplicates += 1
-            else:
-                seen.add(res.image_id)
-                items.append(res)
-        todo_ids = set(region_store.missing([it.image_id for it in items]))
-        report.n_skipped_existing = len(items) - len(todo_ids)
-        todo = [it for it in items if it.image_id in todo_ids]
-        loader = DataLoader(
-            _DecodeDataset(todo, det.preprocessor, limits),
-            batch_sampler=_batches(todo, det.preprocessor, batch_size),
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=det.device.type == "cuda",
-            worker_init_fn=_worker_init if num_workers > 0 else None,
-            multiprocessing_context=_worker_context() if num_workers > 0 else None,
-        )
-        done = 0
-        batches: Iterator[list[_Sample]] = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            timer.add("load_wait", time.perf_counter() - t0)
-            if batch is None:
-                break
-            good = []
-            for s in batch:
-                timer.add("decode", s.decode_s)
-                timer.add("transform", s.transform_s)
-                if s.reason is not None:
-                    fail(writer, s.item.uri, s.reason)
+        kept: list[tuple[str, str]] = []  # (uri, image_id) of readable, distinct inputs
+        done = shown_total = 0
+        for first in range(0, len(uris), read_window):
+            window = uris[first : first + read_window]
+            with timer.stage("hash"), ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+                identified = list(pool.map(lambda u: _identify(u, limits), window))
+            items: list[_Item] = []
+            for res in identified:
+                if isinstance(res, tuple):
+                    fail(writer, *res)
+                elif res.image_id in seen:
+                    report.n_duplicates += 1
                 else:
-                    good.append(s)
-            if good:
-                dets = det.detect([s.prepared for s in good if s.prepared is not None], timer)
-                with timer.stage("write"):
-                    for s, d in zip(good, dets, strict=True):
-                        if writer.write(_to_record(s, d)):
-                            report.n_extracted += 1
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(todo))
+                    seen.add(res.image_id)
+                    items.append(res)
+            todo_ids = set(region_store.missing([it.image_id for it in items]))
+            report.n_skipped_existing += len(items) - len(todo_ids)
+            todo = [it for it in items if it.image_id in todo_ids]
+            # inputs not identified yet count as to-do: ``total`` is an upper bound until the last window
+            total = done + len(todo) + len(uris) - first - len(window)
+            for batch in _decode_batches(todo, det, batch_size, num_workers, limits, timer):
+                good = []
+                for s in batch:
+                    if s.reason is not None:
+                        fail(writer, s.item.uri, s.reason)
+                    else:
+                        good.append(s)
+                if good:
+                    dets = det.detect([s.prepared for s in good if s.prepared is not None], timer)
+                    with timer.stage("write"):
+                        for s, d in zip(good, dets, strict=True):
+                            if writer.write(_to_record(s, d)):
+                                report.n_extracted += 1
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+                    shown_total = total
+            kept.extend((it.uri, it.image_id) for it in items)  # the window's bytes are let go
+        if progress is not None and done != shown_total:
+            progress(done, done)  # the last windows held nothing new: the bound was loose
         t0 = time.perf_counter()
     timer.add("write", time.perf_counter() - t0)  # closing publishes the last shard
     report.n_failed = len(report.failures)
-    report.image_ids = [it.image_id for it in items if it.uri not in failed]
+    report.image_ids = [image_id for uri, image_id in kept if uri not in failed]
     report.stage_seconds = dict(timer.seconds)
     report.seconds = time.perf_counter() - t_start
     return report

@@ -8,7 +8,7 @@ from prefect import flow
 
 from regionrank.flows import monitoring
 from regionrank.flows.config import IndexConfig, Workspace
-from regionrank.flows.tasks import build_index_task, update_index_task
+from regionrank.flows.tasks import update_index_task
 
 __all__ = ["build_index_flow", "index_report_rows"]
 
@@ -28,8 +28,9 @@ def index_report_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @flow(name="build-index")
-def build_index_flow(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None = None) -> dict[str, Any]:
-    """Rebuild the indexes from all embeddings, or (with ``image_ids``) add those incrementally."""
-    manifest = build_index_task(ws, cfg) if image_ids is None else update_index_task(ws, image_ids, cfg)
+def build_index_flow(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None = None, rebuild: bool = False) -> dict[str, Any]:
+    """Add ``image_ids`` to the current index version incrementally, or (``rebuild``, no ``image_ids``, or no
+    version yet) build a new version from every stored embedding."""
+    manifest = update_index_task(ws, image_ids, cfg, rebuild=rebuild)
     monitoring.table("index-stats", index_report_rows(manifest), f"index version {manifest.get('version')}")
     return manifest

@@ -71,38 +71,18 @@ def _print_hits(query: str, hits: list[Any], labels: dict[str, Any] | None = Non
     console.print(t)
 
 
-def _pipeline_config(images: list[Path], ws: Any, detector: Optional[str], detector_weights: Optional[Path],
-                     encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
-                     lock_timeout: float) -> Any:
-    from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, Settings
-    from regionrank.flows.pipeline import load_workspace_config
-
-    s = Settings()
-    try:
-        old_ext, old_enc, old_idx = load_workspace_config(ws)
-    except FileNotFoundError:
-        old_ext, old_enc, old_idx = None, None, IndexConfig()
-    det = detector or (old_ext.detector if old_ext else s.detector)
-    ext = ExtractConfig(detector=det, weights=detector_weights or (old_ext.weights if old_ext else s.detector_weights),
-                        options=old_ext.options if old_ext and old_ext.detector == det else s.detector_options,
-                        device=device or s.device, images_per_task=s.images_per_task, rows_per_shard=s.rows_per_shard,
-                        device_slots=s.device_slots)
-    enc_name = encoder or (old_enc.encoder if old_enc else ("grounded" if det == "ssd-mobilenet-coco" else "teran"))
-    enc = EncodeConfig(encoder=enc_name, checkpoint=checkpoint or (old_enc.checkpoint if old_enc else s.encoder_checkpoint),
-                       model_name=old_enc.model_name if old_enc else s.encoder_model, device=device or s.device,
-                       device_slots=s.device_slots)
-    return PipelineConfig(images=images, workspace=ws, extract=ext, encode=enc, index=old_idx,
-                          dask_address=dask or s.dask_address, lock_timeout=lock_timeout)
-
-
 def _run(images: list[Path], workspace: Optional[Path], incremental: bool, detector: Optional[str], detector_weights: Optional[Path],
          encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
          no_orchestrator: bool, lock_timeout: float) -> dict[str, Any]:
     from regionrank.flows import commands
 
+    from regionrank.flows.settings import ConfigOverrides, resolve_config
+
     ws = _workspace(workspace)
     try:
-        cfg = _pipeline_config(images, ws, detector, detector_weights, encoder, checkpoint, device, dask, lock_timeout)
+        flags = ConfigOverrides(detector=detector, detector_weights=detector_weights, encoder=encoder, checkpoint=checkpoint,
+                                device=device, dask_address=dask)
+        cfg = resolve_config(ws, images, flags, lock_timeout=lock_timeout)
         if no_orchestrator and sys.stderr.isatty():
             from rich.progress import Progress
 
@@ -291,7 +271,7 @@ def import_cmd(fmt: str = typer.Argument(..., help="scan-precomp | tsv | tsv-air
 
     ws = _workspace(workspace)
     try:
-        from regionrank.flows.train import import_features_flow
+        from regionrank.flows.import_features import import_features_flow
 
         with fast_flow_settings():
             res = import_features_flow(ws, fmt, [str(p) for p in paths], split=split, namespace=namespace)
@@ -310,19 +290,19 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
               port: Optional[int] = typer.Option(None, help="server port (default: a free one)"),
               workspace: Optional[Path] = _WS) -> None:
     """Create the deployments (scheduled reindex of WATCH, on-demand pipeline and evaluate) and serve them."""
-    from regionrank.flows.pipeline import load_workspace_config
+    from regionrank.flows.settings import resolve_config
 
     ws = _workspace(workspace)
     try:
-        extract, encode, index = load_workspace_config(ws)
-    except FileNotFoundError:
-        extract, encode, index = None, None, None
+        cfg = resolve_config(ws, [watch], lock_timeout=600.0)
+    except ValueError as exc:
+        _fail(exc)
     srv = None
     api = contextlib.nullcontext()
     if server and "PREFECT_API_URL" not in os.environ:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from regionrank.flows.server import start_local_server
+        from regionrank.flows.prefect_server import start_local_server
 
         srv = start_local_server(Path(os.environ["PREFECT_HOME"]), port=port, database_url=database_url)
         os.environ["PREFECT_API_URL"] = srv.api_url  # for the flow-run processes the runner starts
@@ -330,11 +310,10 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
         api = temporary_settings(updates={PREFECT_API_URL: srv.api_url})
         console.print(f"Prefect UI: {srv.ui_url}  (API {srv.api_url}; server log {srv.log_path})")
     try:
-        from regionrank.flows.serve import make_deployments, serve_deployments
+        from regionrank.flows.deployments import make_deployments, serve_deployments
 
         with api:
-            deployments = make_deployments(ws, watch, cron=cron, interval=interval, extract=extract, encode=encode,
-                                           index=index)
+            deployments = make_deployments(cfg, cron=cron, interval=interval)
             serve_deployments(deployments)
     except ValueError as exc:
         _fail(exc)

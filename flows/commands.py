@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, PipelineConfig, SearchConfig, Workspace
+from regionrank.flows.config import PipelineConfig, SearchConfig, Workspace
 
 __all__ = ["DEMO_QUERIES", "demo_images", "caption_table", "region_labels", "run_pipeline", "search", "status"]
 
@@ -34,7 +34,14 @@ def demo_images() -> Path:
 
 def run_pipeline(cfg: PipelineConfig, *, incremental: bool, orchestrate: bool = True,
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run extract -> encode -> index over ``cfg.images``.
+    """Run expand -> extract -> encode -> index over ``cfg.images`` (the stages of ``flows/stages.py``).
+
+    Args:
+        incremental: add the new images to the current index version (``regionrank reindex``);
+            ``False`` rebuilds the index from every stored embedding (``regionrank index``).
+        orchestrate: run the Prefect flow (``reindex`` or ``index-images``); ``False`` calls the
+            same stages in this process, in the same order.
+        progress: ``progress(stage, done, total)`` of the plain run.
 
     Returns:
         The run report (counts, throughput, index version, failures, random-init notices).
@@ -46,39 +53,33 @@ def run_pipeline(cfg: PipelineConfig, *, incremental: bool, orchestrate: bool = 
         with fast_flow_settings():
             if incremental:
                 return reindex_flow(cfg)
-            return index_images_flow(cfg)
-    return _run_direct(cfg, progress)
+            return index_images_flow(cfg, rebuild=True)
+    return _run_direct(cfg, rebuild=not incremental, progress=progress)
 
 
-def _run_direct(cfg: PipelineConfig, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-    """The pipeline without Prefect: the same library calls, in this process."""
+def _run_direct(cfg: PipelineConfig, *, rebuild: bool, progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """The pipeline without Prefect: the stages the flows run as tasks, called in this process."""
     import time
 
-    from regionrank.extractors import extract
-    from regionrank.flows import components
+    from regionrank.flows import stages
     from regionrank.flows.components import is_random_init
-    from regionrank.flows.pipeline import expand_images, save_workspace_config
-    from regionrank.flows.tasks import update_index_task
+    from regionrank.flows.settings import save_workspace_config
     from regionrank.storage import exclusive_lock
+
+    def stage_progress(stage: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(stage, done, total)) if progress else None
 
     ws = cfg.workspace
     t0 = time.perf_counter()
-    images = expand_images(cfg.images)
+    images = stages.expand_inputs(cfg.images)
     with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
         save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
-        ext = extract(images, ws.regions, detector=components.load_detector(cfg.extract), batch_size=cfg.extract.batch_size,
-                      num_workers=cfg.extract.num_workers, rows_per_shard=cfg.extract.rows_per_shard,
-                      progress=(lambda d, t: progress("extract", d, t)) if progress else None)
-        ids = ext.image_ids
-        enc = components.encode_images(cfg.encode, cfg.extract.detector, ws, ids,
-                                       progress=(lambda d, t: progress("encode", d, t)) if progress else None)
-        manifest = update_index_task.fn(ws, ids, cfg.index)  # the flows' own decision: add, or build the first version
-    return {
-        "images": len(images), "stored": len(ids), "extracted": ext.n_extracted, "skipped_existing": ext.n_skipped_existing,
-        "failed": ext.n_failed, "encoded": enc.written, "index_version": manifest["version"],
-        "wall_seconds": round(time.perf_counter() - t0, 2), "failures": ext.failures,
-        "notes": is_random_init(cfg.extract, cfg.encode),
-    }
+        ext = stages.sum_extract_reports(ws, [stages.extract_regions(images, ws, cfg.extract, stage_progress("extract"))])
+        ids = ext["image_ids"]
+        enc = stages.sum_encode_reports(ids, [stages.encode_regions(ids, ws, cfg.encode, cfg.extract.detector,
+                                                                    stage_progress("encode"))])
+        manifest = stages.update_index(ws, ids, cfg.index, rebuild=rebuild)
+    return stages.pipeline_report(images, ext, enc, manifest, time.perf_counter() - t0, is_random_init(cfg.extract, cfg.encode))
 
 
 def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None = None) -> list[Any]:

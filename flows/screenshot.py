@@ -43,7 +43,7 @@ def chromium_screenshot(url: str, out: Path, *, size: tuple[int, int] = (1600, 1
 
 def screenshot_pipeline_run(out_dir: Path, images: Path, work: Path) -> list[Path]:
     """Start a server, run ``index-images`` on ``images`` (demo models), screenshot the run and its artifacts."""
-    from regionrank.flows.server import start_local_server
+    from regionrank.flows.prefect_server import start_local_server
 
     server = start_local_server(work / "prefect-home")
     os.environ["PREFECT_API_URL"] = server.api_url

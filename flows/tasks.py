@@ -1,9 +1,9 @@
-"""Prefect tasks: each wraps one library call and passes paths, ids and small dicts only."""
+"""Prefect tasks: each wraps one pipeline stage (``flows/stages.py``: one library call) and passes
+paths, ids and small dicts only; and the device slots that bound model-running tasks."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from pathlib import Path
@@ -14,16 +14,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 
-from regionrank.flows import components
+from regionrank.flows import stages
 from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
 
 __all__ = [
     "DEVICE_LIMIT",
-    "build_index_task",
-    "ensure_device_limit",
+    "chunks",
+    "device_slot",
     "encode_shard_task",
+    "ensure_device_limit",
+    "expand_inputs_task",
     "extract_shard_task",
-    "hash_images_task",
     "update_index_task",
 ]
 
@@ -39,64 +40,30 @@ _RETRY = dict(retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5, c
 # :func:`device_slot` instead.
 
 
-@task(name="hash-images", cache_policy=NO_CACHE)
-def hash_images_task(paths: list[str]) -> list[dict[str, str]]:
-    """Content-hash each path: ``{"path", "image_id"}``, or ``{"path", "error"}`` when unreadable."""
-    from regionrank.storage import image_id_for_file
-
-    out = []
-    for p in paths:
-        try:
-            out.append({"path": p, "image_id": image_id_for_file(p)})
-        except OSError as exc:
-            out.append({"path": p, "error": f"{type(exc).__name__}: {exc}"})
-    return out
+@task(name="expand-inputs", cache_policy=NO_CACHE)
+def expand_inputs_task(paths: list[Path]) -> list[str]:
+    """The image files of the given folders and files (:func:`stages.expand_inputs`)."""
+    return stages.expand_inputs(paths)
 
 
 @task(name="extract-shard", **_RETRY)
 def extract_shard_task(paths: list[str], ws: Workspace, cfg: ExtractConfig) -> dict[str, Any]:
-    """Detect regions in one chunk of images and write them to the workspace's region store."""
-    from regionrank.extractors import extract
-
+    """Identify one chunk of images (one read each) and extract the missing ones (:func:`stages.extract_regions`)."""
     with device_slot(cfg.device_slots):
-        rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
-                      num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard)
-    return {
-        "images": rep.n_seen, "extracted": rep.n_extracted, "skipped": rep.n_skipped_existing,
-        "duplicates": rep.n_duplicates, "failed": rep.n_failed, "seconds": round(rep.seconds, 3),
-        "failures": rep.failures, "stage_seconds": {k: round(v, 3) for k, v in rep.stage_seconds.items()},
-        "image_ids": rep.image_ids,
-    }
+        return stages.extract_regions(paths, ws, cfg)
 
 
 @task(name="encode-shard", **_RETRY)
 def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str) -> dict[str, Any]:
-    """Embed one chunk of images (region store -> image embedding store)."""
+    """Embed one chunk of images (:func:`stages.encode_regions`)."""
     with device_slot(cfg.device_slots):
-        rep = components.encode_images(cfg, detector, ws, image_ids)
-    return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
-
-
-@task(name="build-index", **_RETRY)
-def build_index_task(ws: Workspace, cfg: IndexConfig) -> dict[str, Any]:
-    """Build (or rebuild) the FAISS indexes from every stored image embedding and publish a version."""
-    return _update_or_build(ws, cfg, None, rebuild=True)
+        return stages.encode_regions(image_ids, ws, cfg, detector)
 
 
 @task(name="update-index", **_RETRY)
-def update_index_task(ws: Workspace, image_ids: list[str], cfg: IndexConfig) -> dict[str, Any]:
-    """Add images to the current index version incrementally (or build it if none exists)."""
-    return _update_or_build(ws, cfg, image_ids, rebuild=False)
-
-
-def _update_or_build(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None, *, rebuild: bool) -> dict[str, Any]:
-    from regionrank.flows.device import resolve_faiss_gpus
-    from regionrank.index import update_or_build
-
-    manifest = update_or_build(ws.index_dir, ws.image_embeddings, image_ids, rebuild=rebuild,
-                               ngpu=resolve_faiss_gpus(cfg.ngpu), kind=cfg.kinds, memory_budget=cfg.memory_budget,
-                               target_recall=cfg.target_recall, seed=cfg.seed)
-    return json.loads(manifest.to_json())
+def update_index_task(ws: Workspace, image_ids: list[str] | None, cfg: IndexConfig, rebuild: bool = False) -> dict[str, Any]:
+    """Add images to the current index version, or build a new one (:func:`stages.update_index`)."""
+    return stages.update_index(ws, image_ids, cfg, rebuild=rebuild)
 
 
 def ensure_device_limit(slots: int = 1) -> None:

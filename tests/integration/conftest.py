@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from regionrank.flows.server import start_local_server
+    from regionrank.flows.prefect_server import start_local_server
 
     home = tmp_path_factory.mktemp("prefect-server-home")
     server = start_local_server(home, timeout=240)

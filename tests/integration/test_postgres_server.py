@@ -56,7 +56,7 @@ def postgres_url():
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; `apt-get install postgresql` provides them")
-    from regionrank.flows.server import free_port
+    from regionrank.flows.prefect_server import free_port
 
     sudo = _as_db_user()
     root = Path(tempfile.mkdtemp(prefix="regionrank-pg-"))
@@ -102,7 +102,7 @@ def test_serve_with_postgres_runs_the_scheduled_reindex(postgres_url: str, tmp_p
 
     from regionrank.flows import commands
     from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
-    from regionrank.flows.server import free_port
+    from regionrank.flows.prefect_server import free_port
     from regionrank.storage import RegionStore
 
     images, ws = tmp_path / "watched", tmp_path / "ws"

@@ -74,6 +74,41 @@ def test_pipeline_states_and_artifacts(prefect_server, tmp_path: Path) -> None:
             timeout=60, what="the index library's log line in the build-index run's logs")
 
 
+def test_orchestrated_run_executes_the_stages_reads_each_image_once_and_records_a_symlink_loop(
+        prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from file_reads import count_reads
+    from prefect.client.orchestration import get_client
+
+    from regionrank.flows import commands, stages
+    from regionrank.storage import RegionStore
+
+    images = tmp_path / "images"
+    photos = make_images(images, 3, seed=7)
+    (images / "a.png").symlink_to(images / "b.png")
+    (images / "b.png").symlink_to(images / "a.png")
+    order: list[str] = []
+    for stage in stages.PIPELINE_STAGES:
+        def spy(*args, _stage=stage, **kwargs):
+            order.append(_stage.__name__)
+            return _stage(*args, **kwargs)
+
+        monkeypatch.setattr(stages, stage.__name__, spy)
+    opens = count_reads(monkeypatch, photos)
+    ws = tmp_path / "ws"
+    rep = commands.run_pipeline(_cfg(images, ws), incremental=False, orchestrate=True)
+
+    assert (rep["images"], rep["stored"], rep["extracted"], rep["failed"], rep["encoded"], rep["index_version"]) == (5, 3, 3, 2, 3, 1)
+    assert order == ["expand_inputs", *["extract_regions"] * 3, "encode_regions", "update_index"]  # 2 images per extract task
+    assert opens == {str(p): 1 for p in photos}
+    loops = {str(images / n) for n in ("a.png", "b.png")}
+    assert {f["uri"] for f in rep["failures"]} == loops
+    assert {f["uri"] for f in RegionStore(ws / "regions").failures()} == loops  # `regionrank status` counts them
+    with get_client(sync_client=True) as client:
+        extract_run = max(_runs_by_flow(client)["extract-regions"], key=lambda r: r.start_time)
+        arts = {a.key: a for a in client.read_artifacts() if a.flow_run_id == extract_run.id}
+    assert all(name in str(arts["extract-failures"].data) for name in ("a.png", "b.png"))
+
+
 def test_kill_minus_nine_then_resume_loses_and_duplicates_nothing(prefect_server, tmp_path: Path) -> None:
     import json
 

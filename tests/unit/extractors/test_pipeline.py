@@ -99,3 +99,32 @@ def test_bad_arguments(tmp_path, detector):
         extract([], tmp_path / "s", detector=detector, weights="w.pth")
     with pytest.raises(ValueError, match="unknown detector 'nope'; known detectors: butd-r101-c4"):
         extract([], tmp_path / "s", detector="nope")
+
+
+def test_each_input_is_read_once_over_several_windows(tmp_path, good_images, detector, monkeypatch):
+    from file_reads import count_reads
+
+    copy = tmp_path / "copy_of_good0.png"
+    shutil.copy(good_images[0], copy)
+    inputs = [str(p) for p in good_images] + [str(copy)]
+    first = extract(inputs[:1], tmp_path / "store", detector=detector, num_workers=0)  # one already stored
+    assert first.n_extracted == 1
+    opens = count_reads(monkeypatch, inputs)
+    calls: list[tuple[int, int]] = []
+    rep = extract(inputs, tmp_path / "store", detector=detector, num_workers=0, read_window=2,
+                  progress=lambda done, total: calls.append((done, total)))
+    assert (rep.n_extracted, rep.n_skipped_existing, rep.n_duplicates, rep.n_failed) == (3, 1, 1, 0)
+    assert opens == {str(p): 1 for p in [*good_images, copy]}  # hashed, probed and decoded from one read
+    assert rep.image_ids == [image_id_for_file(p) for p in good_images]
+    assert calls[-1] == (3, 3) and all(done <= total for done, total in calls)
+
+
+def test_a_symlink_loop_is_a_recorded_failure(tmp_path, good_images, detector):
+    (tmp_path / "good" / "a.png").symlink_to(tmp_path / "good" / "b.png")
+    (tmp_path / "good" / "b.png").symlink_to(tmp_path / "good" / "a.png")
+    store = RegionStore(tmp_path / "store")
+    rep = extract(tmp_path / "good", store, detector=detector, num_workers=0)
+    assert rep.n_extracted == len(good_images)
+    loops = {str(tmp_path / "good" / n) for n in ("a.png", "b.png")}
+    assert {f["uri"] for f in rep.failures} == loops
+    assert {f["uri"]: f["reason"].split(":")[0] for f in store.failures()} == dict.fromkeys(loops, "unreadable")

@@ -1,5 +1,5 @@
-"""A real local Prefect API server (SQLite by default, Postgres when given a URL), started and
-stopped by PID, polled for health with a deadline."""
+"""Start and stop a real local Prefect API server (``prefect server start``; SQLite by default,
+Postgres when given a URL), by PID, polled for health with a deadline."""
 
 from __future__ import annotations
 
