@@ -7,7 +7,6 @@ stages as plain library calls (``orchestrate=False``).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -85,7 +84,7 @@ def _run_direct(cfg: PipelineConfig, *, rebuild: bool, progress: Callable[[str, 
 def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None = None) -> list[Any]:
     """Two-stage text-to-image search in a workspace; optionally render the top hit's heatmap."""
     from regionrank.flows.components import make_searcher
-    from regionrank.flows.pipeline import load_workspace_config
+    from regionrank.flows.settings import load_workspace_config
 
     extract, encode, _ = load_workspace_config(ws)
     hits = make_searcher(ws, encode, extract.detector, cfg).search(text, k=cfg.params.k)
@@ -121,9 +120,12 @@ def status(ws: Workspace, *, recent_runs: int = 10) -> dict[str, Any]:
     from regionrank.index import verify_version, versions
     from regionrank.storage import CaptionEmbeddingStore, ImageEmbeddingStore, RegionStore
 
+    from regionrank.flows.settings import read_workspace_config_file
+
     out: dict[str, Any] = {"workspace": str(ws.root)}
-    if (ws.root / "regionrank.json").exists():
-        out["config"] = json.loads((ws.root / "regionrank.json").read_text())
+    saved = read_workspace_config_file(ws)
+    if saved is not None:
+        out["config"] = saved
     regions = RegionStore(ws.regions)
     out["regions"] = {"images": len(regions), "feature_dim": regions.feature_dim, "failures": len(regions.failures()),
                       "shards": len(regions.shard_names())}

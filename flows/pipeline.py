@@ -18,11 +18,11 @@ from regionrank.flows.build_index import build_index_flow, index_report_rows
 from regionrank.flows.config import PipelineConfig
 from regionrank.flows.encode import encode_flow
 from regionrank.flows.extract import extract_regions_flow
-from regionrank.flows.settings import load_workspace_config, save_workspace_config
+from regionrank.flows.settings import save_workspace_config
 from regionrank.flows.stages import pipeline_report
 from regionrank.flows.tasks import expand_inputs_task
 
-__all__ = ["index_images_flow", "load_workspace_config", "reindex_flow", "save_workspace_config"]
+__all__ = ["index_images_flow", "reindex_flow"]
 
 
 def _task_runner(dask_address: str | None) -> Any:

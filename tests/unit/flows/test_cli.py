@@ -64,7 +64,7 @@ def test_resolve_device() -> None:
 
 def test_workspace_refuses_a_second_detector(tmp_path: Path) -> None:
     from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
-    from regionrank.flows.pipeline import load_workspace_config, save_workspace_config
+    from regionrank.flows.settings import load_workspace_config, save_workspace_config
 
     ws = Workspace(root=tmp_path)
     save_workspace_config(ws, ExtractConfig(detector="ssd-mobilenet-coco"), EncodeConfig(), IndexConfig())

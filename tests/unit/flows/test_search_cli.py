@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from regionrank import index
 from regionrank.flows import cli, components
 from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, SearchConfig, Workspace
-from regionrank.flows.pipeline import save_workspace_config
+from regionrank.flows.settings import save_workspace_config
 from regionrank.index import RerankOutput, SearchParams
 from regionrank.index.alignment import mrsw_align
 from regionrank.storage import ImageEmbeddingStore
