@@ -147,8 +147,10 @@ def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
     return GroundedQueryEncoder(model) if cfg.encoder == "grounded" else TeranQueryEncoder(model)
 
 
-def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig) -> Any:
-    """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and SCAN re-ranker."""
+def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig, *,
+                  version: int | None = None) -> Any:
+    """An ``index.Searcher`` over the workspace (index ``version``, default the current one), with the
+    TERAN/grounded query encoder and SCAN re-ranker."""
     from regionrank.encoders.adapters import ScanReranker
     from regionrank.index import Searcher
 
@@ -156,7 +158,7 @@ def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: Se
     return Searcher(
         ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector, _feature_dim(ws)), reranker=reranker,
         rerank_k=search.rerank_k, fusion=search.fusion if reranker is not None else "mrsw",
-        fusion_weight=search.fusion_weight,
+        fusion_weight=search.fusion_weight, version=version,
     )
 
 
