@@ -103,6 +103,7 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog until the server accepts: the service file is never early
     bound = sock.getsockname()[1]
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{url_host}:{bound}"
