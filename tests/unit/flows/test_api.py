@@ -388,3 +388,15 @@ def test_cli_search_says_it_searched_in_process(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["search", "a cat", "-w", str(tmp_path / "nothing")])
     assert res.exit_code == 2
     assert "in-process search: no running search service" in res.output
+
+
+def test_the_service_modules_import_no_prefect_torch_or_faiss() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import regionrank.flows.api.app, regionrank.flows.api.service, regionrank.flows.api.client\n"
+            "import regionrank.flows.api.backend, regionrank.flows.api.engine, regionrank.flows.api.metrics\n"
+            "print(sorted(m for m in ('prefect', 'torch', 'faiss', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
