@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from regionrank.flows.api.service import SERVICE_FILE, TOKEN_ENV
@@ -80,26 +81,22 @@ def find_service(ws_root: Path, *, timeout: float = 1.0) -> tuple[RunningService
     return svc, f"the search service at {url}"
 
 
-def hits_from_json(hits: list[dict[str, Any]]) -> tuple[list[Any], dict[str, list[str | None]]]:
-    """The service's hits as :class:`regionrank.index.SearchHit` (no boxes/weight matrices), and the
-    region labels they name (``image_id -> labels by region index``), for the CLI's table."""
-    import numpy as np
-
-    from regionrank.index import SearchHit, WordExplanation
-
+def hits_from_json(hits: list[dict[str, Any]]) -> tuple[list[Any], dict[str, list[str]]]:
+    """The service's hits as light objects with the attributes of :class:`regionrank.index.SearchHit` the
+    CLI prints (``image_id``, ``uri``, ``score``, ``stage_scores``, ``explanation`` of ``token``/``region``/
+    ``box``/``weight``/``similarity``), and the region labels they name (``image_id -> labels by region
+    index``). Not the dataclasses themselves: importing the index package would double the CLI's time."""
     out, labels = [], {}
     for h in hits:
-        expl = [WordExplanation(token=e["word"], region=int(e["region"]), box=tuple(e["box"]) if e["box"] else None,
+        expl = [SimpleNamespace(token=e["word"], region=int(e["region"]), box=tuple(e["box"]) if e["box"] else None,
                                 weight=float(e["weight"] or 0.0), similarity=float(e["similarity"] or 0.0))
                 for e in h["explanation"]]
-        names: list[str | None] = ["region"] * (max((e.region for e in expl), default=-1) + 1)
+        names = ["region"] * (max((e.region for e in expl), default=-1) + 1)
         for e, raw in zip(expl, h["explanation"], strict=True):
             if e.region >= 0 and raw.get("label"):
                 names[e.region] = raw["label"]
         labels[h["image_id"]] = names
-        out.append(SearchHit(image_id=h["image_id"], uri=h["uri"], score=float(h["score"] or 0.0),
-                             stage_scores={k: v for k, v in h["stage_scores"].items() if v is not None},
-                             explanation=expl, boxes=np.zeros((0, 4), np.float32),
-                             word_region_weights=np.zeros((len(expl), 0), np.float32),
-                             width=int(h.get("width") or 0), height=int(h.get("height") or 0)))
+        out.append(SimpleNamespace(image_id=h["image_id"], uri=h["uri"], score=float(h["score"] or 0.0),
+                                   stage_scores={k: v for k, v in h["stage_scores"].items() if v is not None},
+                                   explanation=expl, width=int(h.get("width") or 0), height=int(h.get("height") or 0)))
     return out, labels
