@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -393,7 +394,10 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
     finally:
         if search_service is not None:
             search_service.terminate()
-            search_service.wait(timeout=30)
+            try:
+                search_service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                search_service.kill()
         if srv is not None:
             srv.stop()
 
