@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -135,12 +136,33 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
                rerank_k: int = typer.Option(SearchParams.rerank_k, "--rerank-k",
                                             help="candidates re-ranked with SCAN (0 = off: exact MrSw scores)"),
                fusion: str = typer.Option(SearchParams.fusion, "--fusion", help="scan | mrsw | weighted"),
+               in_process: bool = typer.Option(False, "--in-process", help="search in this process even when a service runs"),
                workspace: Optional[Path] = _WS) -> None:
-    """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank)."""
+    """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank).
+
+    Uses the workspace's running search service (`regionrank api`) when there is one, else searches in-process."""
     from regionrank.flows import commands
     from regionrank.flows.config import SearchConfig
 
     ws = _workspace(workspace)
+    if not in_process:
+        from regionrank.flows.api.client import ServiceError, find_service, hits_from_json
+
+        svc, why = find_service(ws.root)
+        if svc is not None:
+            try:
+                res = svc.search(text, k=k, rerank_k=rerank_k, fusion=fusion)
+                hits, labels = hits_from_json(res["hits"])
+                if explain is not None and hits:
+                    svc.explain(hits[0].image_id, text, explain)
+            except ServiceError as exc:
+                _fail(exc)
+            err.print(f"answered by {why} (index version {res['index_version']})")
+            _print_hits(text, hits, labels)
+            if explain is not None and hits:
+                console.print(f"heatmap of the top hit written to {explain}")
+            return
+        err.print(f"in-process search: {why}")
     try:
         hits = commands.search(ws, text, SearchConfig(k=k, rerank_k=rerank_k, fusion=fusion), explain=explain)
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -148,6 +170,34 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
     _print_hits(text, hits, commands.region_labels(ws, [h.image_id for h in hits]))
     if explain is not None and hits:
         console.print(f"heatmap of the top hit written to {explain}")
+
+
+@app.command("api")
+def api_cmd(workspace: Optional[Path] = _WS,
+            host: str = typer.Option("127.0.0.1", "--host", help="address to bind; another than loopback needs --token"),
+            port: int = typer.Option(8765, "--port", help="port (0 = a free one)"),
+            token: Optional[str] = typer.Option(None, "--token", envvar="REGIONRANK_API_TOKEN",
+                                                help="API token every request must carry [env REGIONRANK_API_TOKEN]"),
+            workers: Optional[int] = typer.Option(None, "--workers", help="queries answered at once (default: CPU count, at most 8)"),
+            cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeatable)"),
+            rerank_k: int = typer.Option(128, "--rerank-k", help="default candidates re-ranked with SCAN"),
+            fusion: str = typer.Option("weighted", "--fusion", help="default fusion: scan | mrsw | weighted"),
+            poll: float = typer.Option(0.5, "--poll", help="seconds between two looks for a new index version"),
+            prefect_ui: Optional[str] = typer.Option(None, "--prefect-ui", help="Prefect UI URL, for the page's run link"),
+            prefect_api: Optional[str] = typer.Option(None, "--prefect-api", help="Prefect API URL, to find the indexing run"),
+            wait_for_index: bool = typer.Option(False, "--wait-for-index", help="start before the first index is published")) -> None:
+    """Serve search over HTTP, with a web page at /: models and index loaded once, new index versions switched in hot."""
+    from regionrank.flows.api.service import run_api
+    from regionrank.flows.config import SearchConfig
+
+    ws = _workspace(workspace)
+    try:
+        run_api(ws, host=host, port=port, token=token, workers=workers, poll_interval=poll,
+                cors_origins=tuple(cors_origin), search=SearchConfig(rerank_k=rerank_k, fusion=fusion),
+                prefect_ui_url=prefect_ui, prefect_api_url=prefect_api, wait_for_index=wait_for_index,
+                on_listening=lambda url: console.print(f"regionrank search service for {ws.root} at {url}/ (Ctrl-C stops it)"))
+    except (ValueError, OSError) as exc:
+        _fail(exc)
 
 
 @app.command("demo")
@@ -288,8 +338,11 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
                                           help="start a local Prefect server with the UI (default) or use the embedded backend"),
               database_url: Optional[str] = typer.Option(None, help="Postgres URL for the server (default SQLite)"),
               port: Optional[int] = typer.Option(None, help="server port (default: a free one)"),
+              api: bool = typer.Option(True, "--api/--no-api", help="also start the search service (`regionrank api`) on 127.0.0.1"),
+              api_port: int = typer.Option(8765, "--api-port", help="port of the search service"),
               workspace: Optional[Path] = _WS) -> None:
-    """Create the deployments (scheduled reindex of WATCH, on-demand pipeline and evaluate) and serve them."""
+    """Create the deployments (scheduled reindex of WATCH, on-demand pipeline and evaluate) and serve them,
+    with the search service beside them."""
     from regionrank.flows.settings import resolve_config
 
     ws = _workspace(workspace)
@@ -298,7 +351,7 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
     except ValueError as exc:
         _fail(exc)
     srv = None
-    api = contextlib.nullcontext()
+    prefect_settings: Any = contextlib.nullcontext()
     if server and "PREFECT_API_URL" not in os.environ:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -307,17 +360,30 @@ def serve_cmd(watch: Path = typer.Argument(..., help="folder to reindex on a sch
         srv = start_local_server(Path(os.environ["PREFECT_HOME"]), port=port, database_url=database_url)
         os.environ["PREFECT_API_URL"] = srv.api_url  # for the flow-run processes the runner starts
         # Prefect read its settings at import: without this the runner served against a temporary server
-        api = temporary_settings(updates={PREFECT_API_URL: srv.api_url})
+        prefect_settings = temporary_settings(updates={PREFECT_API_URL: srv.api_url})
         console.print(f"Prefect UI: {srv.ui_url}  (API {srv.api_url}; server log {srv.log_path})")
+    search_service = None
+    if api:
+        from regionrank.flows.api.service import start_api_process
+
+        search_service = start_api_process(ws, port=api_port, log_path=ws.root / "api.log",
+                                           prefect_ui_url=srv.ui_url if srv else None, prefect_api_url=srv.api_url if srv else None)
+        console.print(f"search service: http://127.0.0.1:{api_port}/  (log {ws.root / 'api.log'})")
     try:
         from regionrank.flows.deployments import make_deployments, serve_deployments
 
-        with api:
+        with prefect_settings:
             deployments = make_deployments(cfg, cron=cron, interval=interval)
             serve_deployments(deployments)
     except ValueError as exc:
         _fail(exc)
     finally:
+        if search_service is not None:
+            search_service.terminate()
+            try:
+                search_service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                search_service.kill()
         if srv is not None:
             srv.stop()
 

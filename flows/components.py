@@ -147,9 +147,10 @@ def load_query_encoder(cfg: EncodeConfig, detector: str, feature_dim: int | None
     return GroundedQueryEncoder(model) if cfg.encoder == "grounded" else TeranQueryEncoder(model)
 
 
-def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig) -> Any:
-    """An ``index.Searcher`` over the workspace, with the TERAN/grounded query encoder and, unless
-    ``rerank_k`` is 0 (exact MrSw only), the SCAN re-ranker."""
+def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: SearchConfig, *,
+                  version: int | None = None) -> Any:
+    """An ``index.Searcher`` over the workspace (index ``version``, default the current one), with the
+    TERAN/grounded query encoder and, unless ``rerank_k`` is 0 (exact MrSw only), the SCAN re-ranker."""
     from regionrank.index import Searcher
 
     reranker = None
@@ -158,7 +159,7 @@ def make_searcher(ws: Workspace, encode: EncodeConfig, detector: str, search: Se
 
         reranker = ScanReranker(direction="t2i", lambda_softmax=search.lambda_softmax)
     return Searcher(ws.index_dir, ws.image_embeddings, load_query_encoder(encode, detector, _feature_dim(ws)),
-                    reranker=reranker, params=search.params)
+                    reranker=reranker, params=search.params, version=version)
 
 
 def _feature_dim(ws: Workspace) -> int | None:

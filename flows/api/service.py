@@ -1,0 +1,136 @@
+"""Running the search service: ``run_api`` (uvicorn in this process, for ``regionrank api``),
+``start_api_process`` (a child process, for ``regionrank serve``), and the service file through which
+``regionrank search`` finds a running service in the workspace."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI's client path imports this module: config (and with it faiss) loads when a service runs
+    from regionrank.flows.config import SearchConfig, Workspace
+
+__all__ = ["SERVICE_FILE", "TOKEN_ENV", "is_loopback", "run_api", "start_api_process", "write_service_file"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_FILE = "api.json"
+TOKEN_ENV = "REGIONRANK_API_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost`` counts)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def write_service_file(ws: Workspace, url: str, *, token_required: bool) -> Path:
+    """Announce a running service in the workspace (atomically); the token itself is never written."""
+    path = ws.root / SERVICE_FILE
+    tmp = path.with_name(f".{SERVICE_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "token_required": token_required,
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    tmp.replace(path)
+    return path
+
+
+def _remove_service_file(ws: Workspace) -> None:
+    path = ws.root / SERVICE_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():  # never remove another service's file
+            path.unlink()
+    except (FileNotFoundError, ValueError):
+        pass
+
+
+def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+            workers: int | None = None, queue_limit: int = 64, poll_interval: float = 0.5,
+            cors_origins: tuple[str, ...] = (), search: SearchConfig | None = None,
+            prefect_ui_url: str | None = None, prefect_api_url: str | None = None,
+            on_listening: Any = None, wait_for_index: bool = False) -> None:
+    """Serve the workspace's index over HTTP until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        ws: the workspace (its index must be published).
+        host / port: where to listen (``port=0``: a free port); a non-loopback ``host`` needs ``token``.
+        token: the API token every request must carry, or ``None``.
+        workers: queries answered at once (default: the CPU count, at most 8).
+        queue_limit: queries that may wait for a worker before the service answers 503.
+        poll_interval: seconds between two looks at the index's ``CURRENT`` pointer.
+        cors_origins: origins allowed to call the API from a browser (none by default).
+        search: the default search options.
+        prefect_ui_url / prefect_api_url: the Prefect server, for the page's link to the indexing run.
+        on_listening: called with the service URL once the socket is bound.
+        wait_for_index: start even when nothing is published yet (not ready until the first version).
+
+    Raises:
+        ValueError: a non-loopback host without a token, or no index in the workspace.
+    """
+    import uvicorn
+
+    from regionrank.flows.api.app import ApiSettings, create_app
+    from regionrank.flows.api.backend import OpenedVersion, current_version
+    from regionrank.flows.api.engine import SearchEngine
+
+    if not is_loopback(host) and not token:
+        raise ValueError(f"binding {host} exposes the service beyond this machine: pass --token TOKEN "
+                         f"(or set {TOKEN_ENV}), or bind 127.0.0.1")
+    if not wait_for_index and not current_version(ws.index_dir):
+        raise ValueError(f"no index is published in {ws.index_dir}: run `regionrank index DIR -w {ws.root}` first")
+    from regionrank.flows.config import SearchConfig
+
+    default = search or SearchConfig()
+    engine = SearchEngine(lambda: OpenedVersion(ws, default), lambda: current_version(ws.index_dir),
+                          workers=workers or min(8, os.cpu_count() or 1), queue_limit=queue_limit,
+                          poll_interval=poll_interval)
+    def shutdown() -> None:
+        _remove_service_file(ws)
+        engine.stop()
+
+    app = create_app(engine, ApiSettings(token=token, cors_origins=cors_origins, search=default,
+                                         prefect_ui_url=prefect_ui_url, prefect_api_url=prefect_api_url),
+                     on_shutdown=shutdown)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog until the server accepts: the service file is never early
+    bound = sock.getsockname()[1]
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    url = f"http://{url_host}:{bound}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
+    engine.start()  # loads and warms the index in the background; /readyz says when
+    write_service_file(ws, url, token_required=token is not None)
+    if on_listening is not None:
+        on_listening(url)
+    try:
+        server.run(sockets=[sock])
+    finally:  # reached on a start-up failure; a signal ends the process after ``shutdown``
+        shutdown()
+        sock.close()
+
+
+def start_api_process(ws: Workspace, *, port: int, log_path: Path, prefect_ui_url: str | None = None,
+                      prefect_api_url: str | None = None) -> subprocess.Popen:
+    """Start ``regionrank api`` on 127.0.0.1 as a child process in its own session (stop it by its pid)."""
+    cmd = [sys.executable, "-m", "regionrank.flows.cli", "api", "-w", str(ws.root), "--port", str(port), "--wait-for-index"]
+    if prefect_ui_url:
+        cmd += ["--prefect-ui", prefect_ui_url]
+    if prefect_api_url:
+        cmd += ["--prefect-api", prefect_api_url]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
