@@ -74,7 +74,7 @@ def _bg_last_to_first(t: torch.Tensor, target: torch.Size) -> torch.Tensor:
 def _prepend_background_deltas(t: torch.Tensor, target: torch.Size) -> torch.Tensor:
     """detectron2 regresses ``4 K`` deltas (no background); Caffe ``4 (K + 1)``. The background rows are never used."""
     if t.shape[0] + 4 == target[0]:
-        return torch.cat([torch.zeros((4, *t.shape[1:]), dtype=t.dtype), t], dim=0)
+        return torch.cat([t.new_zeros((4, *t.shape[1:])), t], dim=0)
     return t
 
 
