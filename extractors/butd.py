@@ -36,7 +36,6 @@ Caffe's inclusive ``+1`` area convention.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,16 +46,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
-from torchvision.ops import RoIPool, nms
+from torchvision.ops import RoIPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from regionrank.extractors.checkpoint import CheckpointFormat, map_checkpoint, read_checkpoint
+from regionrank.extractors.butd_boxes import (
+    BOX_CONVENTIONS,
+    BoxConvention,
+    caffe_anchors,
+    cell_anchors,
+    clip_boxes,
+    iou_boxes,
+    rpn_channel_permutation,
+    select_proposals,
+)
+from regionrank.extractors.butd_preprocess import CAFFE_PIXEL_MEANS_BGR, CaffePreprocessor, resize_like_cv2
+from regionrank.extractors.checkpoint import (
+    CheckpointFormat,
+    detect_checkpoint_format,
+    map_checkpoint,
+    read_checkpoint,
+)
 from regionrank.extractors.detector import (
     Detections,
     PreparedImage,
     StageTimer,
     register_detector,
-    rgb_to_tensor,
     timed,
     weights_sha256,
 )
@@ -68,92 +82,12 @@ __all__ = [
     "BottomUpRCNN",
     "CaffePreprocessor",
     "caffe_anchors",
+    "resize_like_cv2",
     "create_butd_detector",
+    "load_bottom_up_state",
 ]
 
 logger = logging.getLogger(__name__)
-
-CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
-
-
-@dataclass(frozen=True)
-class CaffePreprocessor:
-    """Caffe pre-processing of the bottom-up reference (ALGORITHMS.md §1.2); picklable.
-
-    ``s = min_size / min(H, W)``, or ``max_size / max(H, W)`` when
-    ``round(s * max(H, W)) > max_size``; both axes resized by ``s`` with bilinear
-    interpolation (no antialiasing, like ``cv2.INTER_LINEAR``) to
-    ``round(s * H) x round(s * W)``.
-
-    Args:
-        min_size: target shorter side (600).
-        max_size: cap on the longer side (1000).
-        pixel_means_bgr: subtracted per channel, BGR order.
-    """
-
-    min_size: int = 600
-    max_size: int = 1000
-    pixel_means_bgr: tuple[float, float, float] = CAFFE_PIXEL_MEANS_BGR
-
-    def scale_for(self, width: int, height: int) -> float:
-        short, long = min(width, height), max(width, height)
-        s = self.min_size / short
-        if round(s * long) > self.max_size:
-            s = self.max_size / long
-        return s
-
-    def target_size(self, width: int, height: int) -> tuple[int, int]:
-        s = self.scale_for(width, height)
-        return max(1, round(s * height)), max(1, round(s * width))
-
-    def __call__(self, rgb: np.ndarray) -> PreparedImage:
-        bgr = rgb_to_tensor(rgb, bgr=True)  # [3, H, W]
-        height, width = rgb.shape[:2]
-        bgr -= torch.tensor(self.pixel_means_bgr, dtype=torch.float32).view(3, 1, 1)
-        out_h, out_w = self.target_size(width, height)
-        if (out_h, out_w) != (height, width):
-            bgr = F.interpolate(bgr[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
-        return PreparedImage(tensor=bgr.contiguous(), scale=self.scale_for(width, height), width=width, height=height)
-
-
-def caffe_anchors(
-    base_size: int = 16, ratios: Sequence[float] = (0.5, 1.0, 2.0), scales: Sequence[float] = (4, 8, 16, 32)
-) -> torch.Tensor:
-    """py-faster-rcnn's ``generate_anchors``: ``FloatTensor[len(ratios) * len(scales), 4]``, ratio-major.
-
-    Anchors are centred on ``(base_size - 1) / 2`` with inclusive corners, widths
-    rounded as in the reference (``ws = round(sqrt(base_size**2 / ratio))``).
-    """
-    ctr = 0.5 * (base_size - 1)
-    size = float(base_size * base_size)
-    out = []
-    for r in ratios:
-        ws = np.round(np.sqrt(size / r))
-        hs = np.round(ws * r)
-        for s in scales:
-            w, h = ws * s, hs * s
-            out.append([ctr - 0.5 * (w - 1), ctr - 0.5 * (h - 1), ctr + 0.5 * (w - 1), ctr + 0.5 * (h - 1)])
-    return torch.tensor(out, dtype=torch.float32)
-
-
-def _decode_caffe(anchors: torch.Tensor, deltas: torch.Tensor, clamp: float = math.log(1000.0 / 16)) -> torch.Tensor:
-    """py-faster-rcnn ``bbox_transform_inv`` (``w = x2 - x1 + 1``; no ``-1`` on the far corner)."""
-    widths = anchors[:, 2] - anchors[:, 0] + 1.0
-    heights = anchors[:, 3] - anchors[:, 1] + 1.0
-    ctr_x = anchors[:, 0] + 0.5 * widths
-    ctr_y = anchors[:, 1] + 0.5 * heights
-    dx, dy = deltas[:, 0], deltas[:, 1]
-    # The reference does not clamp; detectron2's clamp only guards exp() overflow for wild deltas.
-    dw, dh = deltas[:, 2].clamp(max=clamp), deltas[:, 3].clamp(max=clamp)
-    px, py = dx * widths + ctr_x, dy * heights + ctr_y
-    pw, ph = torch.exp(dw) * widths, torch.exp(dh) * heights
-    return torch.stack([px - 0.5 * pw, py - 0.5 * ph, px + 0.5 * pw, py + 0.5 * ph], dim=1)
-
-
-def _inclusive(boxes: torch.Tensor) -> torch.Tensor:
-    """Boxes whose exclusive IoU equals the Caffe inclusive (``+1``) IoU of ``boxes``."""
-    return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
-
 
 class CaffeRPNHead(nn.Module):
     """3x3 conv (``mid_channels``) + ReLU, then 1x1 objectness (one sigmoid logit per anchor) and 1x1 deltas."""
@@ -222,8 +156,11 @@ class BottomUpCfg:
     min_boxes: int = 10
     max_boxes: int = 100
     amp: str | None = "auto"
+    box_convention: BoxConvention = "caffe"
 
     def __post_init__(self) -> None:
+        if self.box_convention not in BOX_CONVENTIONS:
+            raise ValueError(f"box_convention must be one of {BOX_CONVENTIONS}; got {self.box_convention!r}")
         if self.amp not in (None, "auto", "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'auto', 'bf16' or 'fp16'; got {self.amp!r}")
         if not 0 < self.min_boxes <= self.max_boxes:
@@ -249,7 +186,8 @@ class BottomUpRCNN(nn.Module):
         for block in head:
             block.conv2.stride, block.conv2.dilation, block.conv2.padding = (1, 1), (2, 2), (2, 2)
         self.head = head
-        self.register_buffer("cell_anchors", caffe_anchors(16, cfg.anchor_ratios, cfg.anchor_scales), persistent=False)
+        anchors = cell_anchors(cfg.box_convention, cfg.anchor_scales, cfg.anchor_ratios)
+        self.register_buffer("cell_anchors", anchors, persistent=False)
         num_anchors = len(cfg.anchor_ratios) * len(cfg.anchor_scales)
         self.rpn = CaffeRPNHead(1024, cfg.rpn_channels, num_anchors)
         self.roi_pool = RoIPool((cfg.roi_pool_size, cfg.roi_pool_size), spatial_scale=1.0 / 16)
@@ -284,18 +222,12 @@ class BottomUpRCNN(nn.Module):
         deltas_all = deltas.float().view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         out = []
         for i in range(n):
-            im_h, im_w = image_sizes[i]
-            boxes = _decode_caffe(anchors, deltas_all[i])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, im_w - 1)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, im_h - 1)
-            min_size = cfg.rpn_min_size * scales[i]
-            keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= min_size) & ((boxes[:, 3] - boxes[:, 1] + 1) >= min_size)
-            boxes, scores = boxes[keep], scores_all[i][keep]
-            # stable sort: equal objectness keeps anchor order, so CPU runs are reproducible bit for bit
-            order = torch.sort(scores, descending=True, stable=True).indices[: cfg.rpn_pre_nms_top_n]
-            boxes, scores = boxes[order], scores[order]
-            kept = nms(_inclusive(boxes), scores, cfg.rpn_nms_thresh)[: cfg.rpn_post_nms_top_n]
-            out.append(boxes[kept])
+            boxes, _ = select_proposals(
+                cfg.box_convention, anchors, deltas_all[i], scores_all[i], image_hw=image_sizes[i],
+                min_size=cfg.rpn_min_size * scales[i], pre_nms_top_n=cfg.rpn_pre_nms_top_n,
+                nms_thresh=cfg.rpn_nms_thresh, post_nms_top_n=cfg.rpn_post_nms_top_n,
+            )  # fmt: skip
+            out.append(boxes)
         return out
 
     def box_features(self, feats: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
@@ -391,22 +323,59 @@ class BottomUpDetector:
                 p, ap, f = probs[start:stop], attr_probs[start:stop], pool5[start:stop]
                 start = stop
                 sel = select_bottom_up(
-                    _inclusive(r), p, nms_iou=cfg.nms_thresh, conf_thresh=cfg.conf_thresh,
+                    iou_boxes(cfg.box_convention, r), p, nms_iou=cfg.nms_thresh, conf_thresh=cfg.conf_thresh,
                     min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
                 ).keep  # fmt: skip
-                cls_scores, cls_ids = p[sel, 1:].max(dim=1)
-                attr_scores, attr_ids = ap[sel, 1:].max(dim=1)
-                out.append(
-                    Detections(
-                        boxes=(r[sel] / im.scale).float().cpu().numpy(),
-                        features=f[sel].float().cpu().numpy(),
-                        class_ids=(cls_ids + 1).cpu().numpy(),
-                        class_scores=cls_scores.float().cpu().numpy(),
-                        attr_ids=(attr_ids + 1).cpu().numpy(),
-                        attr_scores=attr_scores.float().cpu().numpy(),
-                    )
-                )
+                out.append(_detections(r[sel], im.scale, p[sel], ap[sel], f[sel]))
         return out
+
+    @torch.inference_mode()
+    def describe_boxes(self, image: PreparedImage, boxes: np.ndarray) -> Detections:
+        """Features, classes and attributes of *given* boxes (MILVLG's ``bbox_feats`` mode, airsplay's given-box demo).
+
+        Args:
+            image: one prepared image (:attr:`preprocessor` output).
+            boxes: ``float[n, 4]`` ``(x1, y1, x2, y2)`` in original-image pixels.
+
+        Returns:
+            :class:`Detections` with one row per given box, in the given order: the
+            boxes as given, their ``pool5`` features (pooled from ``boxes * scale``,
+            clipped to the network input by :attr:`BottomUpCfg.box_convention`) and
+            the argmax class and attribute, as for detected boxes.
+
+        Raises:
+            ValueError: ``boxes`` is not ``(n, 4)`` with ``x1 <= x2``, ``y1 <= y2``.
+        """
+        given = np.asarray(boxes, dtype=np.float32)
+        if given.size == 0:
+            given = given.reshape(0, 4)
+        if given.ndim != 2 or given.shape[1] != 4:
+            raise ValueError(f"boxes must be (n, 4) (x1, y1, x2, y2); got shape {given.shape}")
+        if (given[:, 2] < given[:, 0]).any() or (given[:, 3] < given[:, 1]).any():
+            raise ValueError("boxes must have x1 <= x2 and y1 <= y2 (original-image pixels)")
+        x = image.tensor[None].to(self.device)
+        height, width = image.tensor.shape[1:]
+        rois = clip_boxes(self.cfg.box_convention, torch.from_numpy(given).to(self.device) * image.scale, height, width)
+        with self._autocast():
+            pool5 = self.model.box_features(self.model.trunk(x), [rois])
+            probs, attr_probs = self.model.classify(pool5)
+        det = _detections(rois, image.scale, probs, attr_probs, pool5)
+        det.boxes = given
+        return det
+
+
+def _detections(rois: torch.Tensor, scale: float, probs: torch.Tensor, attr_probs: torch.Tensor, pool5: torch.Tensor) -> Detections:
+    """Detections of RoIs in network pixels: foreground argmax class (ids 1..) and attribute (ids 1..)."""
+    cls_scores, cls_ids = probs[:, 1:].max(dim=1)
+    attr_scores, attr_ids = attr_probs[:, 1:].max(dim=1)
+    return Detections(
+        boxes=(rois / scale).float().cpu().numpy(),
+        features=pool5.float().cpu().numpy(),
+        class_ids=(cls_ids + 1).cpu().numpy(),
+        class_scores=cls_scores.float().cpu().numpy(),
+        attr_ids=(attr_ids + 1).cpu().numpy(),
+        attr_scores=attr_scores.float().cpu().numpy(),
+    )
 
 
 def create_butd_detector(
@@ -427,6 +396,10 @@ def create_butd_detector(
         device: torch device.
         seed: seed of the random initialisation (recorded as ``random-init-seed-<seed>``).
         checkpoint_format: ``"auto"``, ``"native"``, ``"milvlg"`` or ``"airsplay"``.
+            Unless ``box_convention`` is given, an airsplay checkpoint runs under
+            ``"detectron2"`` box conventions (the fork's own, so that it gives the
+            fork's outputs) and every other under ``"caffe"`` (the original model);
+            see :mod:`extractors.butd_boxes`.
         fixed_36: shorthand for ``min_boxes = max_boxes = 36`` (the SCAN / TERAN files).
         **cfg: fields of :class:`BottomUpCfg`.
 
@@ -443,11 +416,16 @@ def create_butd_detector(
     for key in ("blocks", "anchor_scales", "anchor_ratios"):
         if key in cfg:
             cfg[key] = tuple(cfg[key])
+    state, fmt = None, checkpoint_format
+    if weights is not None:
+        state = read_checkpoint(weights)
+        fmt = detect_checkpoint_format(state) if checkpoint_format == "auto" else checkpoint_format
+        cfg.setdefault("box_convention", "detectron2" if fmt == "airsplay" else "caffe")
     bcfg = BottomUpCfg(**cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BottomUpRCNN(bcfg)
-    if weights is None:
+    if state is None:
         logger.warning(
             "butd-r101-c4: no weights given, using random initialisation (seed %d); features are meaningless "
             "except for tests", seed,
@@ -455,10 +433,31 @@ def create_butd_detector(
         model.zero_init_residual()
         weights_hash = f"random-init-seed-{seed}"
     else:
-        state = map_checkpoint(read_checkpoint(weights), model.state_dict(), checkpoint_format)
-        model.load_state_dict(state, strict=True)
+        load_bottom_up_state(model, state, fmt)
         weights_hash = weights_sha256(weights)
     return BottomUpDetector(model, weights_hash=weights_hash, device=device)
+
+
+def load_bottom_up_state(model: BottomUpRCNN, state: dict[str, torch.Tensor], checkpoint_format: CheckpointFormat = "auto") -> str:
+    """Load a source state dict (any layout of :mod:`extractors.checkpoint`) into ``model``; returns the layout.
+
+    airsplay's RPN channels follow detectron2's size-major anchors; under the
+    ``"caffe"`` box convention they are reordered to Caffe's ratio-major anchors.
+
+    Raises:
+        ValueError: unmapped, missing or mis-shaped keys (listed; the first offending key named first).
+    """
+    fmt = detect_checkpoint_format(state) if checkpoint_format == "auto" else checkpoint_format
+    mapped = map_checkpoint(state, model.state_dict(), fmt)
+    cfg = model.cfg
+    if fmt == "airsplay" and cfg.box_convention == "caffe":
+        perm = rpn_channel_permutation(len(cfg.anchor_scales), len(cfg.anchor_ratios))
+        for p in ("weight", "bias"):
+            mapped[f"rpn.cls_logits.{p}"] = mapped[f"rpn.cls_logits.{p}"][perm]
+            d = mapped[f"rpn.bbox_pred.{p}"]
+            mapped[f"rpn.bbox_pred.{p}"] = d.view(len(perm), 4, *d.shape[1:])[perm].reshape(d.shape)
+    model.load_state_dict(mapped, strict=True)
+    return fmt
 
 
 register_detector("butd-r101-c4", create_butd_detector)

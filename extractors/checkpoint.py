@@ -8,10 +8,14 @@ Three source layouts are accepted (``checkpoint_format``):
   RPN objectness as ``2 x 12`` softmax logits, background block first);
 * ``"airsplay"``: airsplay's ``faster_rcnn_from_caffe[_attr].pkl`` (a pickle of
   numpy arrays under ``"model"``; detectron2 conventions: background is the
-  *last* class row, box regression has no background rows, the attribute head
-  lives under ``roi_heads.attribute_predictor``). The background-last layout is
-  detectron2's documented convention; it was not checked against the file itself
-  (no copy is reachable from the build machines) [unverified].
+  *last* class row, "no attribute" the last attribute row, box regression has no
+  background rows, RPN objectness is one sigmoid logit per anchor in detectron2's
+  size-major anchor order; the attribute head lives under
+  ``roi_heads.box_predictor.{cls_embedding,fc_attr,attr_score}``). Read from the
+  fork's code (``FastRCNNOutputLayers``, airsplay/py-bottom-up-attention@85ec9b7)
+  and proven on a file saved in its layout (``tests/fixtures/reference/butd``).
+  An older guess of this layout (``roi_heads.attribute_predictor.*``) is still
+  accepted.
 
 ``"auto"`` picks the layout from the key names. Every source key must be mapped
 or explicitly ignored, every target key filled, and every shape must match;
@@ -70,7 +74,7 @@ def _bg_last_to_first(t: torch.Tensor, target: torch.Size) -> torch.Tensor:
 def _prepend_background_deltas(t: torch.Tensor, target: torch.Size) -> torch.Tensor:
     """detectron2 regresses ``4 K`` deltas (no background); Caffe ``4 (K + 1)``. The background rows are never used."""
     if t.shape[0] + 4 == target[0]:
-        return torch.cat([torch.zeros((4, *t.shape[1:]), dtype=t.dtype), t], dim=0)
+        return torch.cat([t.new_zeros((4, *t.shape[1:])), t], dim=0)
     return t
 
 
@@ -107,6 +111,9 @@ KEY_MAPS: dict[str, list[tuple[str, str, Transform]]] = {
     "airsplay": _D2_BACKBONE + [
         (rf"roi_heads\.box_predictor\.cls_score\.{_WB}", "cls_score.{p}", _bg_last_to_first),
         (rf"roi_heads\.box_predictor\.bbox_pred\.{_WB}", "bbox_pred.{p}", _prepend_background_deltas),
+        (r"roi_heads\.box_predictor\.cls_embedding\.weight", "attr_embed.weight", _bg_last_to_first),
+        (rf"roi_heads\.box_predictor\.fc_attr\.{_WB}", "attr_fc1.{p}", _identity),
+        (rf"roi_heads\.box_predictor\.attr_score\.{_WB}", "attr_fc2.{p}", _bg_last_to_first),
         (r"roi_heads\.attribute_predictor\.obj_embed\.weight", "attr_embed.weight", _bg_last_to_first),
         (rf"roi_heads\.attribute_predictor\.fc\.0\.{_WB}", "attr_fc1.{p}", _identity),
         (rf"roi_heads\.attribute_predictor\.attr_score\.{_WB}", "attr_fc2.{p}", _identity),
@@ -192,9 +199,11 @@ def detect_checkpoint_format(state: Mapping[str, Any]) -> Literal["native", "mil
     if "trunk.conv1.weight" in keys:
         return "native"
     if "backbone.stem.conv1.weight" in keys:
+        if "roi_heads.box_predictor.cls_embedding.weight" in keys:
+            return "airsplay"
         if any(k.startswith("roi_heads.attribute_predictor.") for k in keys):
             return "airsplay"
-        if any(k.startswith("roi_heads.box_predictor.cls_embed") for k in keys):
+        if "roi_heads.box_predictor.cls_embed.weight" in keys:
             return "milvlg"
         # No attribute head: decide by the box-regression layout (6404 Caffe rows vs 6400 detectron2 rows).
         w = state.get("roi_heads.box_predictor.bbox_pred.weight")
