@@ -284,6 +284,7 @@ def _metrics(
     protocol: str | None = None,
     image_block: int = 128,
     caption_block: int = 1024,
+    save_sims: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     from regionrank.encoders import evaluation
 
@@ -303,10 +304,14 @@ def _metrics(
     def scorer(ib: np.ndarray, cb: np.ndarray) -> np.ndarray:
         return score_encoded(model, [images[i] for i in ib], [caps[c] for c in cb], device=device)
 
-    if protocol is not None:
+    if protocol is not None and save_sims is None:
         return evaluation.evaluate_protocol(scorer, protocol, image_block=image_block, caption_block=caption_block)  # type: ignore[arg-type]
     sims = evaluation.blockwise_similarity(scorer, np.arange(len(images)), np.arange(len(caps)),
                                            image_block=image_block, caption_block=caption_block)
+    if save_sims is not None:  # [images, captions] in the split's order, as the reference evaluations compute it
+        np.save(Path(save_sims), sims)
+    if protocol is not None:
+        return evaluation.evaluate_protocol(sims, protocol)  # type: ignore[arg-type]
     return evaluation.evaluate(sims, caption_image=mapping)
 
 
@@ -493,6 +498,7 @@ def evaluate(
     batch_size: int = 64,
     image_block: int = 128,
     caption_block: int = 1024,
+    save_sims: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Retrieval metrics of a model on one caption split, with similarities in bounded blocks.
 
@@ -505,6 +511,8 @@ def evaluate(
             ``"f30k1k"`` (the first 5 captions of each image in the layout those protocols need).
         device / batch_size: encoding.
         image_block / caption_block: block sizes of the score matrix.
+        save_sims: also write the whole ``float32[n_image, n_caption]`` score matrix here (``np.save``),
+            rows in the order images first appear among the captions, columns in caption order.
 
     Returns:
         ``encoders.evaluation.evaluate`` (or ``evaluate_protocol``) output: ``i2t``/``t2i`` dicts with
@@ -523,4 +531,4 @@ def evaluate(
     if not rows:
         raise ValueError(f"no captions of split {split!r} point at images of the region store {store.root}")
     return _metrics(model, store, rows, dev, batch_size, protocol=protocol, image_block=image_block,
-                    caption_block=caption_block)
+                    caption_block=caption_block, save_sims=save_sims)

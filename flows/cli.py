@@ -246,9 +246,11 @@ def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet
 
 @app.command("evaluate")
 def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
-                 captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
+                 captions: Path = typer.Argument(..., help="caption table (.parquet), Karpathy JSON or SCAN precomp folder"),
                  split: str = typer.Option("test", "--split"), protocol: Optional[str] = typer.Option(None, "--protocol",
                  help="coco1k | coco5k | f30k1k (default: all images of the split)"),
+                 save_sims: Optional[Path] = typer.Option(None, "--save-sims", help="write the [images, captions] scores (.npy)"),
+                 namespace: str = typer.Option("coco", help="SCAN precomp folder: the id namespace given to import-features"),
                  device: str = typer.Option("auto"), workspace: Optional[Path] = _WS) -> None:
     """Image-to-text and text-to-image R@1/5/10, medr, meanr and rsum of a checkpoint."""
     from regionrank.flows import commands
@@ -256,11 +258,12 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
 
     ws = _workspace(workspace)
     try:
-        cap = commands.caption_table(captions, ws)
+        cap = commands.caption_table(captions, ws, split=split, namespace=namespace)
         from regionrank.flows.train import evaluate_flow
 
         with fast_flow_settings():
-            res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device)
+            res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device,
+                                save_sims=str(save_sims) if save_sims else None)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
     t = Table(title=f"evaluation on {split}")
@@ -271,6 +274,27 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
         t.add_row(d, *(f"{m[k]:.1f}" for k in ("r1", "r5", "r10", "medr", "meanr")))
     console.print(t)
     console.print(f"rsum {res['rsum']:.1f}")
+    if save_sims:
+        console.print(f"similarity matrix written to {save_sims}")
+
+
+@app.command("import-model")
+def import_model_cmd(fmt: str = typer.Argument(..., help="scan | teran"),
+                     checkpoint: Path = typer.Argument(..., help="the reference's *.pth.tar"),
+                     out: Path = typer.Option(..., "--out", help="regionrank checkpoint folder to write"),
+                     vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN: *_vocab.json or vocab.pkl"),
+                     bert_config: Optional[Path] = typer.Option(None, "--bert-config",
+                                                                help="TERAN: BERT config.json (default: from the weights)")) -> None:
+    """Convert a SCAN or TERAN checkpoint you hold into a regionrank checkpoint folder."""
+    from regionrank.flows.import_model import import_model
+
+    try:
+        res = import_model(fmt, checkpoint, out, vocab=vocab, bert_config=bert_config)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"{res['kind']} checkpoint written to {res['checkpoint']}: {res['summary']}")
+    for key in res["unexpected"]:
+        console.print(f"[yellow]unexpected key not loaded[/] {key}")
 
 
 @app.command("import-features")
