@@ -158,9 +158,34 @@ def _split_captions(
 # --------------------------------------------------------------------------------------------------
 
 
+def _teran_plan(cfg: Any) -> _Plan:
+    return _Plan("teran", cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
+                 cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
+
+
+def _scan_plan(kind: str, name: str, train_cfg: Mapping[str, Any]) -> _Plan:
+    return _Plan(kind, name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
+                 int(train_cfg["warmup_iters"]), int(train_cfg["batch_size"]), int(train_cfg["epochs"]),
+                 float(train_cfg["grad_clip"]), float(train_cfg["margin"]), bool(train_cfg["max_violation"]))
+
+
+def _from_checkpoint(folder: Path) -> tuple[nn.Module, _Plan]:
+    """The model of a checkpoint folder (e.g. written by ``regionrank import-model``) with its weights and
+    vocabulary, trained on its TERAN config's schedule or SCAN's default one."""
+    from regionrank.encoders.checkpoint import model_kind
+
+    model = load_model(folder)
+    kind, cfg = model_kind(model), getattr(model, "cfg")
+    if kind == "teran":
+        return model, _teran_plan(cfg)
+    return model, _scan_plan(kind, f"{kind}-{cfg.direction}", SCAN_TRAIN_DEFAULTS)
+
+
 def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | None) -> tuple[nn.Module, _Plan]:
     from regionrank.encoders.teran import TeranCfg, TeranModel, build_text_backbone, get_model_cfg, load_teran_cfg
 
+    if isinstance(spec, (str, os.PathLike)) and (Path(spec) / "model_config.json").is_file():
+        return _from_checkpoint(Path(spec))
     data: Any = spec
     if isinstance(spec, str):
         data = get_model_cfg(spec)
@@ -168,9 +193,7 @@ def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | 
         cfg = load_teran_cfg(data)
         tokenizer, text_model = build_text_backbone(cfg, text_model_path)
         model: nn.Module = TeranModel(cfg, text_model, tokenizer)
-        plan = _Plan("teran", cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
-                     cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
-        return model, plan
+        return model, _teran_plan(cfg)
     from regionrank.encoders.scan import MeanPoolBaseline, ScanCfg, ScanModel
     from regionrank.encoders.vocab import build_vocab
 
@@ -197,10 +220,7 @@ def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | 
     model = cls(**arch)
     model.vocab = vocab
     name = str(data.get("name", f"{kind}-{arch.get('direction', 't2i')}")) if isinstance(data, Mapping) else f"scan-{data.direction}"
-    plan = _Plan(kind, name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
-                 int(train_cfg["warmup_iters"]), int(train_cfg["batch_size"]), int(train_cfg["epochs"]),
-                 float(train_cfg["grad_clip"]), float(train_cfg["margin"]), bool(train_cfg["max_violation"]))
-    return model, plan
+    return model, _scan_plan(kind, name, train_cfg)
 
 
 def _batch_loss(model: nn.Module, plan: _Plan, records: list[Any], texts: list[str], device: torch.device) -> torch.Tensor:
@@ -304,14 +324,14 @@ def _metrics(
     def scorer(ib: np.ndarray, cb: np.ndarray) -> np.ndarray:
         return score_encoded(model, [images[i] for i in ib], [caps[c] for c in cb], device=device)
 
-    if protocol is not None and save_sims is None:
-        return evaluation.evaluate_protocol(scorer, protocol, image_block=image_block, caption_block=caption_block)  # type: ignore[arg-type]
-    sims = evaluation.blockwise_similarity(scorer, np.arange(len(images)), np.arange(len(caps)),
-                                           image_block=image_block, caption_block=caption_block)
-    if save_sims is not None:  # [images, captions] in the split's order, as the reference evaluations compute it
-        np.save(Path(save_sims), sims)
+    sims: Any = scorer  # a protocol without save_sims scores its fold blocks only
+    if protocol is None or save_sims is not None:
+        sims = evaluation.blockwise_similarity(scorer, np.arange(len(images)), np.arange(len(caps)),
+                                               image_block=image_block, caption_block=caption_block)
+        if save_sims is not None:  # [images, captions] in the split's order, as the reference evaluations compute it
+            np.save(Path(save_sims), sims)
     if protocol is not None:
-        return evaluation.evaluate_protocol(sims, protocol)  # type: ignore[arg-type]
+        return evaluation.evaluate_protocol(sims, protocol, image_block=image_block, caption_block=caption_block)  # type: ignore[arg-type]
     return evaluation.evaluate(sims, caption_image=mapping)
 
 
@@ -352,7 +372,8 @@ def train(
     of B pairs gives a B x B score matrix and the hinge loss with the config's margin / max-violation.
 
     Args:
-        model_name_or_cfg: a registry name (``teran-coco``, ``teran-f30k``, ``teran-tiny``), a
+        model_name_or_cfg: a registry name (``teran-coco``, ``teran-f30k``, ``teran-tiny``), a checkpoint
+            folder to start from (its weights, config and vocabulary, e.g. from ``regionrank import-model``), a
             ``TeranCfg``, a ``ScanCfg`` (its ``vocab_size`` is replaced by the vocabulary built from the
             training captions) or a mapping with ``"kind": "teran" | "scan" | "scan-meanpool"``.
         region_root: the region store (or its path).

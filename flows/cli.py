@@ -215,7 +215,7 @@ def detectors_cmd() -> None:
 
 @app.command("train")
 def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
-              model: str = typer.Option("teran-coco", "--model", help="a config in encoders/model_configs: teran-coco | teran-f30k | teran-tiny | scan-{f30k,coco}-{t2i,i2t}-{lse,avg}"),
+              model: str = typer.Option("teran-coco", "--model", help="a config in encoders/model_configs: teran-coco | teran-f30k | teran-tiny | scan-{f30k,coco}-{t2i,i2t}-{lse,avg}; or a checkpoint folder to start from (e.g. from import-model)"),
               out: Optional[Path] = typer.Option(None, "--out", help="checkpoint folder [default: WORKSPACE/checkpoints/MODEL]"),
               epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
               lr: Optional[float] = typer.Option(None), seed: int = typer.Option(0), device: str = typer.Option("auto"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, unmapped, task
@@ -33,7 +34,7 @@ def train_task(model: str, ws: Workspace, captions: str, out_dir: str, epochs: i
 def train_flow(ws: Workspace, captions: str, model: str = "teran-coco", out_dir: str | None = None, epochs: int | None = None,
                batch_size: int | None = None, lr: float | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Train TERAN or SCAN on the workspace's region shards and a caption table; resumes after a crash."""
-    out = out_dir or str(ws.checkpoints / model)
+    out = out_dir or str(ws.checkpoints / Path(model).name)  # a checkpoint folder as --model: named after it
     res = train_task(model, ws, captions, out, epochs, batch_size, lr, seed, device)
     monitoring.table("train-epochs", [{k: v for k, v in e.items() if k != "val"} | (e.get("val") or {}) for e in res["epochs"]],
                      f"learning curve of {model}")

@@ -158,3 +158,32 @@ def test_import_model_errors_are_clear(tmp_path: Path, args: list[str], message:
     res = runner.invoke(app, [*argv, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_training_starts_from_an_imported_checkpoint(tmp_path: Path) -> None:
+    from regionrank.encoders import load_model
+    from regionrank.encoders.training import train
+    from regionrank.flows.commands import caption_table
+    from regionrank.flows.config import Workspace
+    from regionrank.flows.import_model import import_model
+    from regionrank.storage import import_scan_precomp
+
+    precomp, _ = _scan_precomp(tmp_path)
+    ws = Workspace(root=tmp_path / "ws")
+    ckpt = import_model("scan", FIX / "scan_t2i.pth.tar", tmp_path / "ckpt", vocab=FIX / "scan_vocab.json")["checkpoint"]
+    import_scan_precomp(precomp, "test", ws.regions, namespace="coco")
+    report = train(ckpt, ws.regions, caption_table(precomp, ws, split="test"), tmp_path / "out", epochs=1, batch_size=8,
+                   train_split=None, val_split=None)
+    start, tuned = load_model(ckpt), load_model(report.checkpoint)
+    assert tuned.cfg == start.cfg and tuned.vocab == start.vocab  # same architecture, options and vocabulary
+    assert not torch.equal(tuned.state_dict()["image_encoder.fc.weight"], start.state_dict()["image_encoder.fc.weight"])
+
+
+def test_an_imported_teran_checkpoint_serves_as_the_query_encoder(tmp_path: Path) -> None:
+    from regionrank.encoders import TeranQueryEncoder, load_model
+    from regionrank.flows.import_model import import_model
+
+    ckpt = import_model("teran", FIX / "teran.pth.tar", tmp_path / "ckpt", bert_config=FIX / "teran_bert_config.json")
+    query = TeranQueryEncoder(load_model(ckpt["checkpoint"])).encode_query("a dog and a cat")
+    assert query.tokens == ["a", "dog", "and", "a", "cat"] and query.word_embeddings.shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(query.word_embeddings, axis=1), 1.0, atol=1e-5)
