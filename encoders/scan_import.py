@@ -48,7 +48,7 @@ def read_scan_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
     if not p.is_file():
         raise FileNotFoundError(f"vocabulary file {str(p)!r} does not exist")
     raw = p.read_bytes()
-    if raw[:1] in (b"{", b"[") or raw.lstrip()[:1] == b"{":
+    if raw.lstrip()[:1] == b"{":  # JSON; anything else is read as a pickle
         data: Any = json.loads(raw.decode("utf-8"))
         if isinstance(data, dict) and "words" in data and "format" in data:
             return Vocabulary.load(p)

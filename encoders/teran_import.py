@@ -100,7 +100,16 @@ def teran_cfg_from_checkpoint(ckpt: Mapping[str, Any], bert_config: Mapping[str,
         top_ff = int(weights["transformer_encoder_1.layers.0.linear1.weight"].shape[0])
     except KeyError as exc:
         raise ValueError(f"{source}: TERAN weight {exc.args[0]!r} is missing (keys under 'img_txt_enc.')") from exc
-    fusion = "concat-and-process" if "img_enc.pos_encoding_image.map.0.weight" in weights else "project-and-sum"
+    if "img_enc.pos_encoding_image.map.0.weight" in weights:
+        fusion = "concat-and-process"
+    elif "img_enc.pos_encoding_image.map.weight" in weights:
+        fusion = "project-and-sum"
+    else:
+        raise ValueError(f"{source}: a TERAN without box positional encoding (pos-encoding: null) is not supported")
+    deviations = ["attention heads: 4 in every transformer, as hard-coded in the reference (not stored in weights)"]
+    if model_cfg.get("exclude-stopwords", False):
+        deviations.append("exclude-stopwords: the reference drops NLTK's English stop-word word-pieces after "
+                          "tokenisation; regionrank drops encoders.text.STOP_WORDS before it")
     loss_type = str(train_cfg.get("loss-type", "alignment"))
     dataset = str(cfg.get("dataset", {}).get("name", "imported"))
     return TeranCfg(
@@ -117,7 +126,7 @@ def teran_cfg_from_checkpoint(ckpt: Mapping[str, Any], bert_config: Mapping[str,
         lr_step_epochs=int(train_cfg.get("step-size", 20)), lr_gamma=float(train_cfg.get("gamma", 0.1)),
         batch_size=int(train_cfg.get("bs", 40)),
         description=f"imported from the mesnico/TERAN checkpoint {Path(source).name}",
-        deviations=("attention heads: 4 in every transformer, as hard-coded in the reference (not stored in weights)",),
+        deviations=tuple(deviations),
     )
 
 
