@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["KeyReport", "ReferenceOptions", "load_mapped_state", "options_dict", "read_reference_checkpoint"]
+__all__ = [
+    "ReferenceOptions",
+    "WeightImportReport",
+    "checkpoint_options",
+    "load_mapped_state",
+    "read_reference_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,7 @@ class ReferenceOptions:
         return f"ReferenceOptions({vars(self)!r})"
 
 
-def options_dict(opt: Any) -> dict[str, Any]:
+def checkpoint_options(opt: Any) -> dict[str, Any]:
     """A checkpoint's options (``ReferenceOptions``, a mapping or None) as a plain dict."""
     if opt is None:
         return {}
@@ -74,7 +80,7 @@ def read_reference_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class KeyReport:
+class WeightImportReport:
     """What happened to each weight of an imported checkpoint.
 
     Attributes:
@@ -102,7 +108,7 @@ def load_mapped_state(
     source: str,
     unexpected: Iterable[str] = (),
     ignored: Iterable[tuple[str, str]] = (),
-) -> KeyReport:
+) -> WeightImportReport:
     """Copy renamed reference weights into ``model``, checking names and shapes first.
 
     Args:
@@ -113,7 +119,7 @@ def load_mapped_state(
         ignored: ``(file key, reason)`` pairs deliberately left out.
 
     Returns:
-        The :class:`KeyReport`.
+        The :class:`WeightImportReport`.
 
     Raises:
         ValueError: a shape mismatch (the message names the first offending key and both shapes), or
@@ -135,7 +141,8 @@ def load_mapped_state(
             f"{' ...' if len(missing) > 10 else ''}; unexpected file keys: {list(unexpected_all)[:10]}"
         )
     model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=True)
-    report = KeyReport(loaded=tuple(k for k in mapped if k in own), unexpected=unexpected_all, ignored=tuple(ignored))
+    loaded = tuple(k for k in mapped if k in own)
+    report = WeightImportReport(loaded=loaded, unexpected=unexpected_all, ignored=tuple(ignored))
     if report.unexpected:
         logger.warning("%s: unexpected keys not loaded: %s", source, list(report.unexpected))
     return report

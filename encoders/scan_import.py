@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
-from regionrank.encoders.reference_checkpoint import KeyReport, load_mapped_state, options_dict, read_reference_checkpoint
+from regionrank.encoders.reference_checkpoint import (
+    WeightImportReport,
+    checkpoint_options,
+    load_mapped_state,
+    read_reference_checkpoint,
+)
 from regionrank.encoders.scan import ScanModel
 from regionrank.encoders.vocab import SPECIAL_TOKENS, Vocabulary
 from regionrank.storage.plain_pickle import PlainObject, load_plain_pickle
@@ -83,7 +88,7 @@ def scan_model_kwargs(ckpt: Mapping[str, Any], *, source: str = "checkpoint") ->
         ValueError: weights missing or inconsistent with each other or with the options' sizes.
     """
     img, txt = _weights(ckpt, source)
-    opt = {**_SCAN_DEFAULTS, **options_dict(ckpt.get("opt"))}
+    opt = {**_SCAN_DEFAULTS, **checkpoint_options(ckpt.get("opt"))}
     weight_norm = "fc.weight_v" in img
     fc = img.get("fc.weight_v", img.get("fc.weight"))
     if fc is None or "embed.weight" not in txt or "rnn.weight_hh_l0" not in txt:
@@ -109,7 +114,7 @@ def scan_model_kwargs(ckpt: Mapping[str, Any], *, source: str = "checkpoint") ->
 
 def import_scan_checkpoint(
     checkpoint: str | os.PathLike[str], vocab: str | os.PathLike[str]
-) -> tuple[ScanModel, KeyReport]:
+) -> tuple[ScanModel, WeightImportReport]:
     """Build a regionrank :class:`ScanModel` holding a SCAN checkpoint's weights and vocabulary.
 
     Args:
@@ -117,7 +122,7 @@ def import_scan_checkpoint(
         vocab: its vocabulary (``*_vocab.json`` or a ``Vocabulary`` pickle).
 
     Returns:
-        ``(model in eval mode with model.vocab set, KeyReport)``.
+        ``(model in eval mode with model.vocab set, WeightImportReport)``.
 
     Raises:
         FileNotFoundError: a missing file.

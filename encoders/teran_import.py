@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from regionrank.encoders.reference_checkpoint import KeyReport, load_mapped_state, read_reference_checkpoint
+from regionrank.encoders.reference_checkpoint import WeightImportReport, load_mapped_state, read_reference_checkpoint
 from regionrank.encoders.teran import TeranCfg, TeranModel
 from regionrank.encoders.text import build_random_text_model
 
@@ -82,7 +82,9 @@ def bert_config_from_weights(weights: Mapping[str, torch.Tensor], prefix: str = 
     }
 
 
-def teran_cfg_from_checkpoint(ckpt: Mapping[str, Any], bert_config: Mapping[str, Any], *, source: str = "checkpoint") -> TeranCfg:
+def teran_cfg_from_checkpoint(
+    ckpt: Mapping[str, Any], bert_config: Mapping[str, Any], *, source: str = "checkpoint"
+) -> TeranCfg:
     """The :class:`TeranCfg` of a TERAN checkpoint: sizes from its weights, options from its ``config``.
 
     Raises:
@@ -135,7 +137,7 @@ def import_teran_checkpoint(
     *,
     bert_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     tokenizer_path: str | os.PathLike[str] | None = None,
-) -> tuple[TeranModel, KeyReport]:
+) -> tuple[TeranModel, WeightImportReport]:
     """Build a regionrank :class:`TeranModel` holding a TERAN checkpoint's weights.
 
     Args:
@@ -144,7 +146,7 @@ def import_teran_checkpoint(
         tokenizer_path: a local BERT folder with the word-piece tokenizer; None uses the MiniLM package's.
 
     Returns:
-        ``(model in eval mode, KeyReport)``.
+        ``(model in eval mode, WeightImportReport)``.
 
     Raises:
         FileNotFoundError: a missing file.
