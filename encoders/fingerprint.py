@@ -23,7 +23,7 @@ def update_with_weights(hasher: Any, module: nn.Module) -> None:
         hasher.update(name.encode())
         hasher.update(str(t.dtype).encode())
         hasher.update(str(tuple(t.shape)).encode())
-        hasher.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
 
 
 def config_and_weights_hash(config: Mapping[str, Any], module: nn.Module) -> str:

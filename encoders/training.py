@@ -145,27 +145,48 @@ def _split_captions(
 # --------------------------------------------------------------------------------------------------
 
 
+def _teran_plan(cfg: Any) -> _Plan:
+    return _Plan(cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
+                 cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
+
+
+def _scan_plan(name: str, train_cfg: Mapping[str, Any]) -> _Plan:
+    return _Plan(name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
+                 int(train_cfg["warmup_iters"]), int(train_cfg["batch_size"]), int(train_cfg["epochs"]),
+                 float(train_cfg["grad_clip"]), float(train_cfg["margin"]), bool(train_cfg["max_violation"]))
+
+
+def _from_checkpoint(folder: Path) -> tuple[TeranModel | ScanModel, _Plan]:
+    """The model of a checkpoint folder (e.g. written by ``regionrank import-model``) with its weights and
+    vocabulary, trained on its TERAN config's schedule or SCAN's default one."""
+    from regionrank.encoders.registry import SCAN_TRAIN_DEFAULTS
+
+    model = load_model(folder)
+    if isinstance(model, TeranModel):
+        return model, _teran_plan(model.cfg)
+    if not isinstance(model, ScanModel):
+        raise TypeError(f"{folder} holds a {type(model).__name__}, which regionrank does not train")
+    return model, _scan_plan(f"{model.kind}-{model.cfg.direction}", SCAN_TRAIN_DEFAULTS)
+
+
 def _build(spec: Any, train_texts: Sequence[str], text_model_path: str | Path | None) -> tuple[TeranModel | ScanModel, _Plan]:
     from regionrank.encoders.registry import family_of_config, get_model_cfg, load_scan_spec, load_teran_cfg
     from regionrank.encoders.teran import build_text_backbone
     from regionrank.encoders.vocab import build_vocab
 
+    if isinstance(spec, (str, os.PathLike)) and (Path(spec) / "model_config.json").is_file():
+        return _from_checkpoint(Path(spec))
     data: Any = get_model_cfg(spec) if isinstance(spec, str) else spec
     if issubclass(family_of_config(data), TeranModel):
         cfg = load_teran_cfg(data)
         tokenizer, text_model = build_text_backbone(cfg, text_model_path)
-        plan = _Plan(cfg.name, cfg.lr, cfg.lr_step_epochs, cfg.lr_gamma, cfg.warmup_iters, cfg.batch_size,
-                     cfg.epochs, cfg.grad_clip, cfg.margin, cfg.max_violation)
-        return TeranModel(cfg, text_model, tokenizer), plan
+        return TeranModel(cfg, text_model, tokenizer), _teran_plan(cfg)
     scan = load_scan_spec(data)
     train_cfg = scan.train
     vocab = build_vocab(train_texts, threshold=int(train_cfg["vocab_threshold"]))
     model = scan.family(**{**scan.arch, "vocab_size": len(vocab)})
     model.vocab = vocab
-    plan = _Plan(scan.name, float(train_cfg["lr"]), int(train_cfg["lr_step_epochs"]), float(train_cfg["lr_gamma"]),
-                 int(train_cfg["warmup_iters"]), int(train_cfg["batch_size"]), int(train_cfg["epochs"]),
-                 float(train_cfg["grad_clip"]), float(train_cfg["margin"]), bool(train_cfg["max_violation"]))
-    return model, plan
+    return model, _scan_plan(scan.name, train_cfg)
 
 
 def _batch_loss(model: TeranModel | ScanModel, plan: _Plan, records: list[Any], texts: list[str], device: torch.device) -> torch.Tensor:
@@ -243,6 +264,7 @@ def _metrics(
     protocol: str | None = None,
     image_block: int = 128,
     caption_block: int = 1024,
+    save_sims: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     from regionrank.encoders import evaluation
 
@@ -262,10 +284,14 @@ def _metrics(
     def scorer(ib: np.ndarray, cb: np.ndarray) -> np.ndarray:
         return score_encoded(model, [images[i] for i in ib], [caps[c] for c in cb], device=device)
 
+    sims: Any = scorer  # a protocol without save_sims scores its fold blocks only
+    if protocol is None or save_sims is not None:
+        sims = evaluation.blockwise_similarity(scorer, np.arange(len(images)), np.arange(len(caps)),
+                                               image_block=image_block, caption_block=caption_block)
+        if save_sims is not None:  # [images, captions] in the split's order, as the reference evaluations compute it
+            np.save(Path(save_sims), sims)
     if protocol is not None:
-        return evaluation.evaluate_protocol(scorer, protocol, image_block=image_block, caption_block=caption_block)  # type: ignore[arg-type]
-    sims = evaluation.blockwise_similarity(scorer, np.arange(len(images)), np.arange(len(caps)),
-                                           image_block=image_block, caption_block=caption_block)
+        return evaluation.evaluate_protocol(sims, protocol, image_block=image_block, caption_block=caption_block)  # type: ignore[arg-type]
     return evaluation.evaluate(sims, caption_image=mapping)
 
 
@@ -306,7 +332,8 @@ def train(
     of B pairs gives a B x B score matrix and the hinge loss with the config's margin / max-violation.
 
     Args:
-        model_name_or_cfg: a registry name (``teran-coco``, ``teran-f30k``, ``teran-tiny``), a
+        model_name_or_cfg: a registry name (``teran-coco``, ``teran-f30k``, ``teran-tiny``), a checkpoint
+            folder to start from (its weights, config and vocabulary, e.g. from ``regionrank import-model``), a
             ``TeranCfg``, a ``ScanCfg`` (its ``vocab_size`` is replaced by the vocabulary built from the
             training captions) or a mapping with ``"kind": "teran" | "scan" | "scan-meanpool"``.
         region_root: the region store (or its path).
@@ -452,6 +479,7 @@ def evaluate(
     batch_size: int = 64,
     image_block: int = 128,
     caption_block: int = 1024,
+    save_sims: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Retrieval metrics of a model on one caption split, with similarities in bounded blocks.
 
@@ -464,6 +492,8 @@ def evaluate(
             ``"f30k1k"`` (the first 5 captions of each image in the layout those protocols need).
         device / batch_size: encoding.
         image_block / caption_block: block sizes of the score matrix.
+        save_sims: also write the whole ``float32[n_image, n_caption]`` score matrix here (``np.save``),
+            rows in the order images first appear among the captions, columns in caption order.
 
     Returns:
         ``encoders.evaluation.evaluate`` (or ``evaluate_protocol``) output: ``i2t``/``t2i`` dicts with
@@ -482,4 +512,4 @@ def evaluate(
     if not rows:
         raise ValueError(f"no captions of split {split!r} point at images of the region store {store.root}")
     return _metrics(model, store, rows, dev, batch_size, protocol=protocol, image_block=image_block,
-                    caption_block=caption_block)
+                    caption_block=caption_block, save_sims=save_sims)

@@ -252,7 +252,7 @@ def detectors_cmd() -> None:
 
 @app.command("train")
 def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
-              model: str = typer.Option("teran-coco", "--model", help="a config in encoders/model_configs: teran-coco | teran-f30k | teran-tiny | scan-{f30k,coco}-{t2i,i2t}-{lse,avg}"),
+              model: str = typer.Option("teran-coco", "--model", help="a config in encoders/model_configs: teran-coco | teran-f30k | teran-tiny | scan-{f30k,coco}-{t2i,i2t}-{lse,avg}; or a checkpoint folder to start from (e.g. from import-model)"),
               out: Optional[Path] = typer.Option(None, "--out", help="checkpoint folder [default: WORKSPACE/checkpoints/MODEL]"),
               epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
               lr: Optional[float] = typer.Option(None), seed: int = typer.Option(0), device: str = typer.Option("auto"),
@@ -283,9 +283,11 @@ def train_cmd(captions: Path = typer.Argument(..., help="caption table (.parquet
 
 @app.command("evaluate")
 def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
-                 captions: Path = typer.Argument(..., help="caption table (.parquet) or Karpathy JSON"),
+                 captions: Path = typer.Argument(..., help="caption table (.parquet), Karpathy JSON or SCAN precomp folder"),
                  split: str = typer.Option("test", "--split"), protocol: Optional[str] = typer.Option(None, "--protocol",
                  help="coco1k | coco5k | f30k1k (default: all images of the split)"),
+                 save_sims: Optional[Path] = typer.Option(None, "--save-sims", help="write the [images, captions] scores (.npy)"),
+                 namespace: str = typer.Option("coco", help="SCAN precomp folder: the id namespace given to import-features"),
                  device: str = typer.Option("auto"), workspace: Optional[Path] = _WS) -> None:
     """Image-to-text and text-to-image R@1/5/10, medr, meanr and rsum of a checkpoint."""
     from regionrank.flows import commands
@@ -293,11 +295,12 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
 
     ws = _workspace(workspace)
     try:
-        cap = commands.caption_table(captions, ws)
+        cap = commands.caption_table(captions, ws, split=split, namespace=namespace)
         from regionrank.flows.train import evaluate_flow
 
         with fast_flow_settings():
-            res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device)
+            res = evaluate_flow(ws, str(checkpoint), str(cap), split=split, protocol=protocol, device=device,
+                                save_sims=str(save_sims) if save_sims else None)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
     t = Table(title=f"evaluation on {split}")
@@ -308,6 +311,27 @@ def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint folder"
         t.add_row(d, *(f"{m[k]:.1f}" for k in ("r1", "r5", "r10", "medr", "meanr")))
     console.print(t)
     console.print(f"rsum {res['rsum']:.1f}")
+    if save_sims:
+        console.print(f"similarity matrix written to {save_sims}")
+
+
+@app.command("import-model")
+def import_model_cmd(fmt: str = typer.Argument(..., help="scan | teran"),
+                     checkpoint: Path = typer.Argument(..., help="the reference's *.pth.tar"),
+                     out: Path = typer.Option(..., "--out", help="regionrank checkpoint folder to write"),
+                     vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN: *_vocab.json or vocab.pkl"),
+                     bert_config: Optional[Path] = typer.Option(None, "--bert-config",
+                                                                help="TERAN: BERT config.json (default: from the weights)")) -> None:
+    """Convert a SCAN or TERAN checkpoint you hold into a regionrank checkpoint folder."""
+    from regionrank.flows.import_model import import_model
+
+    try:
+        res = import_model(fmt, checkpoint, out, vocab=vocab, bert_config=bert_config)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"{res['kind']} checkpoint written to {res['checkpoint']}: {res['summary']}")
+    for key in res["unexpected"]:
+        console.print(f"[yellow]unexpected key not loaded[/] {key}")
 
 
 @app.command("import-features")

@@ -95,12 +95,15 @@ def search(ws: Workspace, text: str, cfg: SearchConfig, *, explain: Path | None 
     return hits
 
 
-def caption_table(captions: Path, ws: Workspace) -> Path:
-    """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it)."""
-    from regionrank.storage import read_karpathy_json, write_caption_table
+def caption_table(captions: Path, ws: Workspace, *, split: str = "test", namespace: str = "coco") -> Path:
+    """A caption table path; a Karpathy JSON is converted once (image ids hashed from the images beside it),
+    a SCAN precomp folder's ``{split}_caps.txt`` too (image ids as ``import-features scan-precomp`` gives them)."""
+    from regionrank.storage import read_karpathy_json, read_scan_captions, write_caption_table
 
     if captions.suffix == ".parquet":
         return captions
+    if captions.is_dir():
+        return write_caption_table(ws.captions, read_scan_captions(captions, split, namespace=namespace))
     images_root = captions.parent / "images"
     rows = read_karpathy_json(captions, images_root=images_root if images_root.is_dir() else None)
     return write_caption_table(ws.captions, rows)

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from regionrank.flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["index", "reindex", "search", "demo", "status", "detectors", "train", "evaluate", "import-features", "serve", "api"]
+COMMANDS = ["index", "reindex", "search", "demo", "status", "detectors", "train", "evaluate", "import-features", "import-model",
+            "serve", "api"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
