@@ -21,85 +21,76 @@ faiss is optional: ``import regionrank.index`` works without it, and building or
 fails with an install hint (:func:`faiss_module`).
 """
 
-from regionrank.index._faiss import available_gpus
-from regionrank.index._faiss import import_faiss as faiss_module
-from regionrank.index.alignment import Alignment, maxsim_candidates, mrsw_align, mrsw_align_stacked
-from regionrank.index.ann import AnnIndex
-from regionrank.index.build import build_caption_indexes, build_indexes, build_vector_index
-from regionrank.index.handle import IndexHandle, open_index, rollback, verify_version, versions
-from regionrank.index.heatmap import render_heatmap
-from regionrank.index.idmap import IdMap
-from regionrank.index.integrity import IndexDamagedError
-from regionrank.index.manifest import FileChecksum, IndexInfo, Manifest
-from regionrank.index.regions import RegionMatrix
-from regionrank.index.source import EmbeddingSource, open_embedding_source
-from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
-from regionrank.index.tuning import RecallProbe, exact_knn, recall_at_k
-from regionrank.index.search import (
-    CaptionHit,
-    QueryEncoder,
-    RerankOutput,
-    Reranker,
-    SearchHit,
-    SearchParams,
-    SearchStats,
-    Searcher,
-    WordExplanation,
-    caption_search,
-    exhaustive_search,
-    fuse_scores,
-)
-from regionrank.index.update import add_captions, add_images, remove_captions, remove_images, update_or_build
-from regionrank.index.version import IndexBusyError, VersionedDir
+from __future__ import annotations
 
-__all__ = [
-    "Alignment",
-    "AnnIndex",
-    "CaptionHit",
-    "EmbeddingSource",
-    "FileChecksum",
-    "IdMap",
-    "IndexBusyError",
-    "IndexDamagedError",
-    "IndexHandle",
-    "IndexInfo",
-    "IndexSpec",
-    "Manifest",
-    "QueryEncoder",
-    "RecallProbe",
-    "RegionMatrix",
-    "RerankOutput",
-    "Reranker",
-    "SearchHit",
-    "SearchParams",
-    "SearchStats",
-    "Searcher",
-    "VersionedDir",
-    "WordExplanation",
-    "add_captions",
-    "add_images",
-    "available_gpus",
-    "build_caption_indexes",
-    "build_indexes",
-    "build_vector_index",
-    "caption_search",
-    "choose_spec",
-    "exact_knn",
-    "exhaustive_search",
-    "faiss_module",
-    "fuse_scores",
-    "maxsim_candidates",
-    "mrsw_align",
-    "mrsw_align_stacked",
-    "open_embedding_source",
-    "open_index",
-    "parse_memory",
-    "recall_at_k",
-    "remove_captions",
-    "remove_images",
-    "render_heatmap",
-    "rollback",
-    "update_or_build",
-    "verify_version",
-    "versions",
-]
+import importlib
+from typing import Any
+
+# name -> (module, attribute): each loads on first access, so importing one submodule (say
+# ``search.params`` for the CLI's defaults) does not load faiss and every other module
+_LAZY: dict[str, tuple[str, str]] = {
+    "add_captions": ("regionrank.index.update", "add_captions"),
+    "add_images": ("regionrank.index.update", "add_images"),
+    "Alignment": ("regionrank.index.alignment", "Alignment"),
+    "AnnIndex": ("regionrank.index.ann", "AnnIndex"),
+    "available_gpus": ("regionrank.index._faiss", "available_gpus"),
+    "build_caption_indexes": ("regionrank.index.build", "build_caption_indexes"),
+    "build_indexes": ("regionrank.index.build", "build_indexes"),
+    "build_vector_index": ("regionrank.index.build", "build_vector_index"),
+    "caption_search": ("regionrank.index.search", "caption_search"),
+    "CaptionHit": ("regionrank.index.search", "CaptionHit"),
+    "choose_spec": ("regionrank.index.spec", "choose_spec"),
+    "EmbeddingSource": ("regionrank.index.source", "EmbeddingSource"),
+    "exact_knn": ("regionrank.index.tuning", "exact_knn"),
+    "exhaustive_search": ("regionrank.index.search", "exhaustive_search"),
+    "faiss_module": ("regionrank.index._faiss", "import_faiss"),
+    "FileChecksum": ("regionrank.index.manifest", "FileChecksum"),
+    "fuse_scores": ("regionrank.index.search", "fuse_scores"),
+    "IdMap": ("regionrank.index.idmap", "IdMap"),
+    "IndexBusyError": ("regionrank.index.version", "IndexBusyError"),
+    "IndexDamagedError": ("regionrank.index.integrity", "IndexDamagedError"),
+    "IndexHandle": ("regionrank.index.handle", "IndexHandle"),
+    "IndexInfo": ("regionrank.index.manifest", "IndexInfo"),
+    "IndexSpec": ("regionrank.index.spec", "IndexSpec"),
+    "Manifest": ("regionrank.index.manifest", "Manifest"),
+    "maxsim_candidates": ("regionrank.index.alignment", "maxsim_candidates"),
+    "mrsw_align": ("regionrank.index.alignment", "mrsw_align"),
+    "mrsw_align_stacked": ("regionrank.index.alignment", "mrsw_align_stacked"),
+    "open_embedding_source": ("regionrank.index.source", "open_embedding_source"),
+    "open_index": ("regionrank.index.handle", "open_index"),
+    "parse_memory": ("regionrank.index.spec", "parse_memory"),
+    "QueryEncoder": ("regionrank.index.search", "QueryEncoder"),
+    "recall_at_k": ("regionrank.index.tuning", "recall_at_k"),
+    "RecallProbe": ("regionrank.index.tuning", "RecallProbe"),
+    "RegionMatrix": ("regionrank.index.regions", "RegionMatrix"),
+    "remove_captions": ("regionrank.index.update", "remove_captions"),
+    "remove_images": ("regionrank.index.update", "remove_images"),
+    "render_heatmap": ("regionrank.index.heatmap", "render_heatmap"),
+    "Reranker": ("regionrank.index.search", "Reranker"),
+    "RerankOutput": ("regionrank.index.search", "RerankOutput"),
+    "rollback": ("regionrank.index.handle", "rollback"),
+    "Searcher": ("regionrank.index.search", "Searcher"),
+    "SearchHit": ("regionrank.index.search", "SearchHit"),
+    "SearchParams": ("regionrank.index.search", "SearchParams"),
+    "SearchStats": ("regionrank.index.search", "SearchStats"),
+    "update_or_build": ("regionrank.index.update", "update_or_build"),
+    "verify_version": ("regionrank.index.handle", "verify_version"),
+    "VersionedDir": ("regionrank.index.version", "VersionedDir"),
+    "versions": ("regionrank.index.handle", "versions"),
+    "WordExplanation": ("regionrank.index.search", "WordExplanation"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

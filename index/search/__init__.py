@@ -11,42 +11,44 @@
   ``exhaustive``: the exhaustive reference.
 """
 
-from regionrank.index.search.captions import caption_search
-from regionrank.index.search.exhaustive import exhaustive_search
-from regionrank.index.search.fusion import fuse_scores
-from regionrank.index.search.params import SearchParams
-from regionrank.index.search.rerank import rerank_scores
-from regionrank.index.search.searcher import Searcher
-from regionrank.index.search.types import (
-    BoundedScoreEstimator,
-    CaptionHit,
-    Fusion,
-    QueryEncoder,
-    RerankOutput,
-    Reranker,
-    ScoreEstimator,
-    ScoringReranker,
-    SearchHit,
-    SearchStats,
-    WordExplanation,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BoundedScoreEstimator",
-    "CaptionHit",
-    "Fusion",
-    "QueryEncoder",
-    "RerankOutput",
-    "Reranker",
-    "ScoreEstimator",
-    "ScoringReranker",
-    "SearchHit",
-    "SearchParams",
-    "SearchStats",
-    "Searcher",
-    "WordExplanation",
-    "caption_search",
-    "exhaustive_search",
-    "fuse_scores",
-    "rerank_scores",
-]
+import importlib
+from typing import Any
+
+# name -> (module, attribute): each loads on first access, so importing one submodule (say
+# ``search.params`` for the CLI's defaults) does not load faiss and every other module
+_LAZY: dict[str, tuple[str, str]] = {
+    "BoundedScoreEstimator": ("regionrank.index.search.types", "BoundedScoreEstimator"),
+    "caption_search": ("regionrank.index.search.captions", "caption_search"),
+    "CaptionHit": ("regionrank.index.search.types", "CaptionHit"),
+    "exhaustive_search": ("regionrank.index.search.exhaustive", "exhaustive_search"),
+    "fuse_scores": ("regionrank.index.search.fusion", "fuse_scores"),
+    "Fusion": ("regionrank.index.search.types", "Fusion"),
+    "QueryEncoder": ("regionrank.index.search.types", "QueryEncoder"),
+    "rerank_scores": ("regionrank.index.search.rerank", "rerank_scores"),
+    "Reranker": ("regionrank.index.search.types", "Reranker"),
+    "RerankOutput": ("regionrank.index.search.types", "RerankOutput"),
+    "ScoreEstimator": ("regionrank.index.search.types", "ScoreEstimator"),
+    "ScoringReranker": ("regionrank.index.search.types", "ScoringReranker"),
+    "Searcher": ("regionrank.index.search.searcher", "Searcher"),
+    "SearchHit": ("regionrank.index.search.types", "SearchHit"),
+    "SearchParams": ("regionrank.index.search.params", "SearchParams"),
+    "SearchStats": ("regionrank.index.search.types", "SearchStats"),
+    "WordExplanation": ("regionrank.index.search.types", "WordExplanation"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
