@@ -2,8 +2,9 @@
 
 detectron2 is not on PyPI (ENVIRONMENT.md §5) and is imported only inside
 :func:`create_detectron2_detector`; without it a ``RuntimeError`` explains how to
-install it. Untested on the build machines for that reason (its tests skip via
-``pytest.importorskip("detectron2")``).
+install it. Tested (``slow``) against airsplay/py-bottom-up-attention, a detectron2
+fork, made importable from a snapshot with its C++ extension stubbed
+(``tests/unit/extractors/test_d2_reference.py``; skipped without the snapshot).
 
 Given a detectron2 config file and a local checkpoint (e.g. MILVLG's
 detectron2-trained ``bua-d2-frcn-r101.pth`` with its own config, or any C4 / FPN
@@ -13,7 +14,15 @@ proposals* and applies the bottom-up selection of ALGORITHMS.md §1.3
 returned box is the RoI its feature was pooled from (quirk #1), so box and
 feature always belong together. ``class_ids`` are detectron2's contiguous ids
 (``0..K-1``, background excluded); detectron2 keeps background in the last
-probability column, which is moved first for the selection.
+probability column, which is moved first for the selection. A predictor with an
+attribute head (airsplay's ``faster_rcnn_from_caffe_attr``: it returns class
+scores, attribute scores and deltas) also gives ``attr_ids`` (``0..A-1``, the
+last, "no attribute", column excluded) and their probabilities.
+
+Both detectron2 APIs are served: the current one (``box_predictor.predict_probs``)
+and the fork's older one (no ``predict_probs``: the class probabilities are the
+softmax over all columns, which is what ``predict_probs`` computes for softmax
+classifiers).
 """
 
 from __future__ import annotations
@@ -133,13 +142,13 @@ class Detectron2Detector:
         with timed(timer, "roi_head"):
             boxes = [p.proposal_boxes for p in proposals]
             pooled = self._pool(features, boxes).float()
-            predictions = model.roi_heads.box_predictor(pooled)
-            probs = model.roi_heads.box_predictor.predict_probs(predictions, proposals)
+            probs, attr_probs = _probabilities(model.roi_heads.box_predictor, pooled, proposals)
         out, start = [], 0
         with timed(timer, "nms"):
             for im, b, p in zip(images, boxes, probs, strict=True):
                 n = len(b)
                 f = pooled[start : start + n]
+                a = attr_probs[start : start + n] if attr_probs is not None else None
                 start += n
                 p = torch.cat([p[:, -1:], p[:, :-1]], dim=1).float()  # background first, as in Caffe
                 rois = b.tensor.float()
@@ -148,9 +157,25 @@ class Detectron2Detector:
                 h, w = im.tensor.shape[-2:]
                 ratio = rois.new_tensor([im.width / w, im.height / h] * 2)
                 scores, ids = p[sel, 1:].max(dim=1)
+                attr_ids = attr_scores = None
+                if a is not None:  # the last column is "no attribute"
+                    best = a[sel, :-1].max(dim=1)
+                    attr_ids, attr_scores = best.indices.cpu().numpy(), best.values.cpu().numpy()
                 out.append(Detections(boxes=(rois[sel] * ratio).cpu().numpy(), features=f[sel].cpu().numpy(),
-                                      class_ids=ids.cpu().numpy(), class_scores=scores.cpu().numpy()))  # fmt: skip
+                                      class_ids=ids.cpu().numpy(), class_scores=scores.cpu().numpy(),
+                                      attr_ids=attr_ids, attr_scores=attr_scores))  # fmt: skip
         return out
+
+
+def _probabilities(predictor: Any, pooled: torch.Tensor, proposals: Sequence[Any]) -> tuple[Sequence[torch.Tensor], torch.Tensor | None]:
+    """Class probabilities per image (detectron2's column order, background last) and attribute
+    probabilities of all RoIs (``None`` without an attribute head)."""
+    predictions = predictor(pooled)
+    attr_probs = predictions[1].float().softmax(dim=-1) if len(predictions) == 3 else None
+    if hasattr(predictor, "predict_probs") and len(predictions) == 2:
+        return predictor.predict_probs(predictions, proposals), None
+    probs = predictions[0].float().softmax(dim=-1)
+    return probs.split([len(p) for p in proposals]), attr_probs
 
 
 def create_detectron2_detector(

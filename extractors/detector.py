@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "BoxDescriber",
     "Detections",
     "Detector",
     "PreparedImage",
@@ -158,6 +159,15 @@ class Detector(Protocol):
 
     def detect(self, images: Sequence[PreparedImage], timer: StageTimer | None = None) -> list[Detections]:
         """Detect regions in a batch of prepared images (any shapes; equal shapes run together)."""
+        ...
+
+
+@runtime_checkable
+class BoxDescriber(Protocol):
+    """A detector that can also describe boxes it is given (``extract(given_boxes=...)``, ``--boxes``)."""
+
+    def describe_boxes(self, image: PreparedImage, boxes: np.ndarray) -> Detections:
+        """Features, classes and attributes of ``boxes`` (``float[n, 4]``, original pixels), one row each, in order."""
         ...
 
 

@@ -17,6 +17,11 @@ The run, in order, one window of inputs (``read_window`` images) at a time:
    on CUDA are the detector's business), and every image becomes one
    :class:`storage.RegionRecord` written through ``RegionStore.writer``, with the
    detector name, config hash and weights hash as provenance.
+
+Given boxes (``given_boxes``, ``regionrank index --boxes``): the images named get the
+detector's features, classes and attributes for exactly those boxes
+(:meth:`~extractors.detector.BoxDescriber.describe_boxes`) instead of detections; their
+records' ``config_hash`` covers the boxes (:func:`extractors.given_boxes.given_boxes_config`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +40,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from regionrank.extractors.decode import DecodeLimits, ImageDecodeError, decode_image, probe_image, read_image_bytes
-from regionrank.extractors.detector import Detector, PreparedImage, Preprocessor, StageTimer, config_hash, get_detector
+from regionrank.extractors.detector import (
+    BoxDescriber,
+    Detections,
+    Detector,
+    PreparedImage,
+    Preprocessor,
+    StageTimer,
+    config_hash,
+    get_detector,
+)
+from regionrank.extractors.given_boxes import (
+    GivenBoxes,
+    GivenBoxesEntry,
+    as_given_boxes,
+    check_boxes_inside,
+    given_boxes_config,
+)
 from regionrank.storage import RegionRecord, RegionStore, image_id_for_bytes
 
 __all__ = ["IMAGE_EXTENSIONS", "ExtractReport", "extract", "list_images"]
@@ -65,6 +86,9 @@ class ExtractReport:
         detector / config_hash / weights_hash: provenance written to the shards.
         image_ids: content ids of the readable inputs now in the store (newly extracted or
             already there), in input order without duplicates: what later stages work on.
+        n_given_boxes: images newly described from given boxes (counted in ``n_extracted`` too).
+        given_boxes_unmatched: keys of ``given_boxes`` that named no input of the run (only
+            content ids can be left: a path that is not an input is refused before any work).
     """
 
     n_seen: int = 0
@@ -79,6 +103,8 @@ class ExtractReport:
     config_hash: str = ""
     weights_hash: str = ""
     image_ids: list[str] = field(default_factory=list)
+    n_given_boxes: int = 0
+    given_boxes_unmatched: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -223,7 +249,8 @@ def _decode_batches(todo: list[_Item], det: Detector, batch_size: int, num_worke
         yield batch
 
 
-def _to_record(sample: _Sample, det: Any) -> RegionRecord:
+def _to_record(sample: _Sample, det: Any, producer: str = "") -> RegionRecord:
+    """The record of one image; ``producer`` (a config hash) overrides the writer's when given."""
     item = sample.item
     return RegionRecord(
         image_id=item.image_id,
@@ -236,7 +263,54 @@ def _to_record(sample: _Sample, det: Any) -> RegionRecord:
         class_scores=det.class_scores,
         attr_ids=det.attr_ids,
         attr_scores=det.attr_scores,
+        config_hash=producer,
     )
+
+
+def _run_batch(det: Detector, good: list[_Sample], boxed: dict[str, GivenBoxesEntry],
+               timer: StageTimer) -> list[tuple[_Sample, Detections, str]]:
+    """Detections of a decoded batch, in batch order: detected, or described from the given boxes
+    (with the config hash that names those boxes)."""
+    plain = [s for s in good if s.item.image_id not in boxed]
+    found = dict(zip((id(s) for s in plain), det.detect([s.prepared for s in plain if s.prepared is not None], timer)
+                     if plain else [], strict=True))  # fmt: skip
+    out = []
+    for s in good:
+        entry = boxed.get(s.item.image_id)
+        if entry is None:
+            out.append((s, found[id(s)], ""))
+            continue
+        assert isinstance(det, BoxDescriber) and s.prepared is not None  # checked before the run
+        with timer.stage("given_boxes"):
+            described = det.describe_boxes(s.prepared, entry.boxes)
+        out.append((s, described, config_hash(given_boxes_config(det.config, entry.boxes))))
+    return out
+
+
+def _check_given_window(given: GivenBoxes, items: list[_Item], todo_ids: set[str], store: RegionStore,
+                        det: Detector, used: set[str]) -> dict[str, GivenBoxesEntry]:
+    """The given boxes of a window's items (id -> entry), checked before any of them is extracted.
+
+    Raises:
+        ValueError: a box outside its image, or an image named in ``given`` that is already
+            stored with other regions.
+    """
+    boxed: dict[str, GivenBoxesEntry] = {}
+    for it in items:
+        entry = given.lookup(it.uri, it.image_id)
+        if entry is None:
+            continue
+        used.add(entry.key)
+        check_boxes_inside(entry, it.width, it.height, it.uri)
+        if it.image_id in todo_ids:
+            boxed[it.image_id] = entry
+        elif store.producer_of(it.image_id) != config_hash(given_boxes_config(det.config, entry.boxes)):
+            raise ValueError(
+                f"{entry.where}: image {it.uri!r} (id {it.image_id[:12]}...) is already stored with other regions "
+                f"(detected, or other given boxes), and a store keeps one record per image; describe the given boxes "
+                f"in another workspace (--workspace), or leave this image out of the boxes file"
+            )
+    return boxed
 
 
 def extract(
@@ -253,6 +327,7 @@ def extract(
     detector_options: dict[str, Any] | None = None,
     limits: DecodeLimits = DecodeLimits(),
     read_window: int = 256,
+    given_boxes: GivenBoxes | Mapping[str | os.PathLike[str], Any] | None = None,
 ) -> ExtractReport:
     """Detect regions in ``images`` and write one :class:`storage.RegionRecord` per new image to ``store``.
 
@@ -273,12 +348,21 @@ def extract(
         limits: accepted image sizes (decompression-bomb and minimum-side limits).
         read_window: inputs identified at a time; each file is read once, and the bytes of a
             window's new images stay in memory until they are decoded.
+        given_boxes: ``{image path or content id: float[n, 4] boxes (x1, y1, x2, y2) in original
+            pixels}`` (or :func:`extractors.given_boxes.read_boxes_file`'s result): those images are
+            described for exactly these boxes, in this order, instead of detected; the detector
+            must implement :class:`extractors.detector.BoxDescriber` (``butd-r101-c4`` does).
+            An image already stored from the same boxes is skipped (a re-run resumes).
 
     Returns:
         :class:`ExtractReport`.
 
     Raises:
-        ValueError: bad ``batch_size`` / ``num_workers`` or detector options.
+        ValueError: bad ``batch_size`` / ``num_workers`` or detector options; bad given boxes
+            (malformed, inverted, outside the image), a path in ``given_boxes`` that is none of
+            ``images``, an image of ``given_boxes`` already stored with other regions, or a
+            detector that cannot describe given boxes. Checks that need an image's size or id
+            run when its window is read: the images of earlier windows stay stored.
         FileNotFoundError: ``images`` path does not exist.
     """
     if batch_size < 1:
@@ -289,6 +373,9 @@ def extract(
         raise ValueError(f"read_window must be >= 1; got {read_window}")
     t_start = time.perf_counter()
     uris = list_images(images)
+    given = as_given_boxes(given_boxes)
+    if given is not None:
+        given.require_paths_among(uris)
     det: Detector
     if isinstance(detector, str):
         det = get_detector(detector, weights=weights, device=device, **(detector_options or {}))
@@ -296,6 +383,10 @@ def extract(
         if weights is not None or detector_options:
             raise ValueError("weights / detector_options apply to a detector given by name; the given Detector is already built")
         det = detector
+    if given is not None and not isinstance(det, BoxDescriber):
+        raise ValueError(f"detector {det.name!r} cannot describe given boxes; use detector 'butd-r101-c4' "
+                         f"(--detector butd-r101-c4) for given boxes, or drop them")  # fmt: skip
+    used: set[str] = set()
     region_store = store if isinstance(store, RegionStore) else RegionStore(store)
     report = ExtractReport(n_seen=len(uris), detector=det.name, config_hash=config_hash(det.config),
                            weights_hash=det.weights_hash)  # fmt: skip
@@ -330,6 +421,7 @@ def extract(
                     seen.add(res.image_id)
                     items.append(res)
             todo_ids = set(region_store.missing([it.image_id for it in items]))
+            boxed = _check_given_window(given, items, todo_ids, region_store, det, used) if given is not None else {}
             report.n_skipped_existing += len(items) - len(todo_ids)
             todo = [it for it in items if it.image_id in todo_ids]
             # inputs not identified yet count as to-do: ``total`` is an upper bound until the last window
@@ -342,11 +434,12 @@ def extract(
                     else:
                         good.append(s)
                 if good:
-                    dets = det.detect([s.prepared for s in good if s.prepared is not None], timer)
+                    dets = _run_batch(det, good, boxed, timer)
                     with timer.stage("write"):
-                        for s, d in zip(good, dets, strict=True):
-                            if writer.write(_to_record(s, d)):
+                        for s, d, producer in dets:
+                            if writer.write(_to_record(s, d, producer)):
                                 report.n_extracted += 1
+                                report.n_given_boxes += bool(producer)
                 done += len(batch)
                 if progress is not None:
                     progress(done, total)
@@ -357,6 +450,8 @@ def extract(
         t0 = time.perf_counter()
     timer.add("write", time.perf_counter() - t0)  # closing publishes the last shard
     report.n_failed = len(report.failures)
+    if given is not None:  # paths were checked up front (an unreadable input is a failure, not a stray key)
+        report.given_boxes_unmatched = [e.key for e in given.entries if e.is_image_id and e.key not in used]
     report.image_ids = [image_id for uri, image_id in kept if uri not in failed]
     report.stage_seconds = dict(timer.seconds)
     report.seconds = time.perf_counter() - t_start

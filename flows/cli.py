@@ -36,13 +36,15 @@ def _workspace(path: Optional[Path]) -> Any:
 
 
 def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")  # messages quote boxes and lists: "[x1, y1, x2, y2]" is no markup
     raise typer.Exit(code=2)
 
 
 def _print_report(rep: dict[str, Any]) -> None:
     t = Table(title="run report", show_header=False)
-    for key in ("images", "stored", "extracted", "skipped_existing", "failed", "regions", "encoded", "index_version",
+    for key in ("images", "stored", "extracted", "given_boxes", "skipped_existing", "failed", "regions", "encoded", "index_version",
                 "extract_images_per_s", "encode_images_per_s", "wall_seconds"):
         if key in rep and rep[key] is not None:
             t.add_row(key.replace("_", " "), str(rep[key]))
@@ -74,7 +76,7 @@ def _print_hits(query: str, hits: list[Any], labels: dict[str, Any] | None = Non
 
 def _run(images: list[Path], workspace: Optional[Path], incremental: bool, detector: Optional[str], detector_weights: Optional[Path],
          encoder: Optional[str], checkpoint: Optional[Path], device: Optional[str], dask: Optional[str],
-         no_orchestrator: bool, lock_timeout: float) -> dict[str, Any]:
+         no_orchestrator: bool, lock_timeout: float, boxes: Optional[Path] = None) -> dict[str, Any]:
     from regionrank.flows import commands
 
     from regionrank.flows.settings import ConfigOverrides, resolve_config
@@ -82,7 +84,7 @@ def _run(images: list[Path], workspace: Optional[Path], incremental: bool, detec
     ws = _workspace(workspace)
     try:
         flags = ConfigOverrides(detector=detector, detector_weights=detector_weights, encoder=encoder, checkpoint=checkpoint,
-                                device=device, dask_address=dask)
+                                device=device, dask_address=dask, boxes_file=boxes)
         cfg = resolve_config(ws, images, flags, lock_timeout=lock_timeout)
         if no_orchestrator and sys.stderr.isatty():
             from rich.progress import Progress
@@ -111,23 +113,27 @@ _DEV = typer.Option(None, "--device", help="auto | cpu | cuda[:N]")
 _DASK = typer.Option(None, "--dask", help="Dask scheduler address: run mapped stages on that cluster")
 _NOORCH = typer.Option(False, "--no-orchestrator", help="run the stages as plain library calls, without Prefect")
 _LOCKT = typer.Option(0.0, "--wait", help="seconds to wait if another run holds the workspace")
+_BOXES = typer.Option(None, "--boxes", help="JSON lines of given boxes, one image a line: its path or id and its boxes "
+                      "(x1 y1 x2 y2, original pixels); those images get exactly these regions instead of detections "
+                      "(butd-r101-c4; see README, Bring your own models)")
 
 
 @app.command("index")
 def index_cmd(images: list[Path] = typer.Argument(..., help="image folder(s) or files"), workspace: Optional[Path] = _WS,
               detector: Optional[str] = _DET, detector_weights: Optional[Path] = _DETW, encoder: Optional[str] = _ENC,
               checkpoint: Optional[Path] = _CKPT, device: Optional[str] = _DEV, dask: Optional[str] = _DASK,
-              no_orchestrator: bool = _NOORCH, wait: float = _LOCKT) -> None:
+              no_orchestrator: bool = _NOORCH, wait: float = _LOCKT, boxes: Optional[Path] = _BOXES) -> None:
     """Run the whole pipeline (extract -> encode -> index) over images."""
-    _print_report(_run(images, workspace, False, detector, detector_weights, encoder, checkpoint, device, dask, no_orchestrator, wait))
+    _print_report(_run(images, workspace, False, detector, detector_weights, encoder, checkpoint, device, dask, no_orchestrator, wait,
+                       boxes))
 
 
 @app.command("reindex")
 def reindex_cmd(images: list[Path] = typer.Argument(..., help="folder(s) or files holding a new batch of images"),
                 workspace: Optional[Path] = _WS, device: Optional[str] = _DEV, dask: Optional[str] = _DASK,
-                no_orchestrator: bool = _NOORCH, wait: float = _LOCKT) -> None:
+                no_orchestrator: bool = _NOORCH, wait: float = _LOCKT, boxes: Optional[Path] = _BOXES) -> None:
     """Add a new batch of images: only unseen images are processed; a new index version is published."""
-    _print_report(_run(images, workspace, True, None, None, None, None, device, dask, no_orchestrator, wait))
+    _print_report(_run(images, workspace, True, None, None, None, None, device, dask, no_orchestrator, wait, boxes))
 
 
 @app.command("search")

@@ -71,9 +71,12 @@ def _run_direct(cfg: PipelineConfig, *, rebuild: bool, progress: Callable[[str, 
     ws = cfg.workspace
     t0 = time.perf_counter()
     images = stages.expand_inputs(cfg.images)
+    stages.check_given_boxes(images, cfg.extract)
     with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
         save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
-        ext = stages.sum_extract_reports(ws, [stages.extract_regions(images, ws, cfg.extract, stage_progress("extract"))])
+        reports = [stages.extract_regions(images, ws, cfg.extract, stage_progress("extract"))]
+        stages.check_given_boxes_matched(cfg.extract, reports)
+        ext = stages.sum_extract_reports(ws, reports)
         ids = ext["image_ids"]
         enc = stages.sum_encode_reports(ids, [stages.encode_regions(ids, ws, cfg.encode, cfg.extract.detector,
                                                                     stage_progress("encode"))])

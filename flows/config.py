@@ -85,12 +85,21 @@ class ExtractConfig(_Frozen):
     rows_per_shard: int = Field(256, ge=1)
     device_slots: int = Field(1, ge=1, description="model-running tasks at once (raise to the GPU/worker count to scale out)")
     seed: int = 0
+    boxes_file: Path | None = Field(None, description="JSON lines of given boxes (--boxes); this run only, never saved")
 
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, v: Path | None) -> Path | None:
         if v is not None and not Path(v).is_file():
             raise ValueError(f"detector weights file not found: {v}; pass the local path of a .pth/.pkl/.safetensors file")
+        return v
+
+    @field_validator("boxes_file")
+    @classmethod
+    def _boxes_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"boxes file not found: {v}; pass a JSON-lines file of "
+                             '{"image": PATH_OR_IMAGE_ID, "boxes": [[x1, y1, x2, y2], ...]}')  # fmt: skip
         return v
 
 

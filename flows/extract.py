@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from regionrank.flows import monitoring
 from regionrank.flows.config import ExtractConfig, Workspace
-from regionrank.flows.stages import sum_extract_reports
+from regionrank.flows.stages import check_given_boxes_matched, sum_extract_reports
 from regionrank.flows.tasks import chunks, ensure_device_limit, extract_shard_task
 
 __all__ = ["extract_regions_flow"]
@@ -38,6 +38,7 @@ def extract_regions_flow(images: list[str], ws: Workspace, cfg: ExtractConfig) -
                      **{f"{k}_s": v for k, v in res["stage_seconds"].items()}})
         progress.advance()
     progress.finish()
+    check_given_boxes_matched(cfg, reports)
     summary = sum_extract_reports(ws, reports)
     monitoring.table("extract-shards", rows, "per-shard counts and stage timings")
     monitoring.failures_table("extract-failures", summary["failures"])

@@ -19,7 +19,7 @@ from regionrank.flows.config import PipelineConfig
 from regionrank.flows.encode import encode_flow
 from regionrank.flows.extract import extract_regions_flow
 from regionrank.flows.settings import save_workspace_config
-from regionrank.flows.stages import pipeline_report
+from regionrank.flows.stages import check_given_boxes, pipeline_report
 from regionrank.flows.tasks import expand_inputs_task
 
 __all__ = ["index_images_flow", "reindex_flow"]
@@ -47,6 +47,7 @@ def _run_stages(cfg: PipelineConfig, *, rebuild: bool) -> dict[str, Any]:
     ws = cfg.workspace
     t0 = time.perf_counter()
     images = expand_inputs_task(cfg.images)
+    check_given_boxes(images, cfg.extract)
     with exclusive_lock(ws.lock, timeout=cfg.lock_timeout):
         save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
         ext = _with_runner(extract_regions_flow, cfg.dask_address)(images, ws, cfg.extract)

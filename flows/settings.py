@@ -50,13 +50,15 @@ class ConfigOverrides:
     checkpoint: Path | None = None
     device: str | None = None
     dask_address: str | None = None
+    boxes_file: Path | None = None
 
     def layer(self) -> dict[str, dict[str, Any]]:
         """The flags as ``{"extract": {...}, "encode": {...}}`` of config fields."""
         out: dict[str, dict[str, Any]] = {"extract": {}, "encode": {}}
         for stage, key, value in (("extract", "detector", self.detector), ("extract", "weights", self.detector_weights),
                                   ("encode", "encoder", self.encoder), ("encode", "checkpoint", self.checkpoint),
-                                  ("extract", "device", self.device), ("encode", "device", self.device)):
+                                  ("extract", "device", self.device), ("encode", "device", self.device),
+                                  ("extract", "boxes_file", self.boxes_file)):
             if value is not None:
                 out[stage][key] = value
         return out
@@ -71,7 +73,8 @@ def read_workspace_config_file(ws: Workspace) -> dict[str, Any] | None:
 def save_workspace_config(ws: Workspace, extract: ExtractConfig, encode: EncodeConfig, index: IndexConfig) -> None:
     """Remember which detector/encoder built this workspace; refuse to mix in another one."""
     path = ws.root / CONFIG_FILE
-    new = {"extract": json.loads(extract.model_dump_json()), "encode": json.loads(encode.model_dump_json()),
+    # the boxes file belongs to one run: a later run of this workspace must not describe its images again
+    new = {"extract": json.loads(extract.model_dump_json(exclude={"boxes_file"})), "encode": json.loads(encode.model_dump_json()),
            "index": json.loads(index.model_dump_json())}
     old = read_workspace_config_file(ws)
     if old is not None:

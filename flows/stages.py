@@ -8,6 +8,11 @@ Order (:data:`PIPELINE_STAGES`): expand the inputs -> identify and extract the m
 (each file read once: hashed, then decoded from the same bytes; unreadable inputs are recorded
 in the store's failure table) -> encode -> add to or build the index
 (:func:`regionrank.index.update_or_build`).
+
+Given boxes (``--boxes FILE``, :attr:`ExtractConfig.boxes_file`): :func:`check_given_boxes` reads
+the file and checks it against the inputs and the detector before any work; each extraction
+chunk reads it again (a path travels, not the boxes) and describes its images from their boxes;
+:func:`check_given_boxes_matched` then refuses image ids that named no input.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Wo
 
 __all__ = [
     "PIPELINE_STAGES",
+    "check_given_boxes",
+    "check_given_boxes_matched",
     "encode_regions",
     "expand_inputs",
     "extract_regions",
@@ -47,19 +54,65 @@ def expand_inputs(paths: list[Path]) -> list[str]:
     return out
 
 
+def check_given_boxes(images: list[str], cfg: ExtractConfig) -> int:
+    """Before any work: the boxes file (if any) parses, names only images among ``images`` (by path; content
+    ids are matched when the files are read) and the detector can describe given boxes. Returns its entry count.
+
+    Raises:
+        FileNotFoundError: the boxes file does not exist.
+        ValueError: a malformed line or box, a path that is not an input, or a detector without given-box mode.
+    """
+    if cfg.boxes_file is None:
+        return 0
+    from regionrank.extractors.detector import BoxDescriber
+    from regionrank.extractors.given_boxes import read_boxes_file
+    from regionrank.flows import components
+
+    given = read_boxes_file(cfg.boxes_file)
+    given.require_paths_among(images)
+    if not isinstance(components.load_detector(cfg), BoxDescriber):
+        raise ValueError(f"--boxes needs a detector that describes given boxes; {cfg.detector!r} does not: "
+                         f"use --detector butd-r101-c4, or drop --boxes")  # fmt: skip
+    return len(given)
+
+
 def extract_regions(paths: list[str], ws: Workspace, cfg: ExtractConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Identify ``paths`` (one read each) and extract regions of those not stored yet (``extractors.extract``)."""
+    """Identify ``paths`` (one read each) and extract regions of those not stored yet (``extractors.extract``);
+    the images named in ``cfg.boxes_file`` are described from their given boxes instead."""
     from regionrank.extractors import extract
     from regionrank.flows import components
 
+    given = None
+    if cfg.boxes_file is not None:
+        from regionrank.extractors.given_boxes import read_boxes_file
+
+        given = read_boxes_file(cfg.boxes_file).restricted_to(paths)
     rep = extract(paths, ws.regions, detector=components.load_detector(cfg), batch_size=cfg.batch_size,
-                  num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard, progress=progress)
+                  num_workers=cfg.num_workers, rows_per_shard=cfg.rows_per_shard, progress=progress, given_boxes=given)
     return {
         "images": rep.n_seen, "extracted": rep.n_extracted, "skipped": rep.n_skipped_existing,
         "duplicates": rep.n_duplicates, "failed": rep.n_failed, "seconds": round(rep.seconds, 3),
         "failures": rep.failures, "stage_seconds": {k: round(v, 3) for k, v in rep.stage_seconds.items()},
-        "image_ids": rep.image_ids,
+        "image_ids": rep.image_ids, "given_boxes": rep.n_given_boxes, "given_boxes_unmatched": rep.given_boxes_unmatched,
     }
+
+
+def check_given_boxes_matched(cfg: ExtractConfig, reports: list[dict[str, Any]]) -> None:
+    """After extraction: every image id of the boxes file named an input in one of the chunks.
+
+    Raises:
+        ValueError: ids that matched no input (the images extracted stay stored; a re-run resumes).
+    """
+    if cfg.boxes_file is None or not reports:
+        return
+    unmatched = set.intersection(*(set(r.get("given_boxes_unmatched", ())) for r in reports))
+    if unmatched:
+        names = sorted(unmatched)
+        raise ValueError(
+            f"{cfg.boxes_file}: image id {names[0]!r}{f' (and {len(names) - 1} more)' if len(names) > 1 else ''} "
+            f"is the content id of none of the images of this run (the other images are stored); correct the id, "
+            f"or add its image to the run, and run again"
+        )
 
 
 def encode_regions(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detector: str,
@@ -102,7 +155,7 @@ def sum_extract_reports(ws: Workspace, reports: list[dict[str, Any]]) -> dict[st
         "image_ids": image_ids, "extracted": extracted, "skipped": sum(r["skipped"] for r in reports),
         "failed": sum(r["failed"] for r in reports), "failures": [f for r in reports for f in r["failures"]],
         "seconds": round(seconds, 3), "images_per_s": round(extracted / seconds, 3) if seconds else None,
-        "regions": int(regions.sum()),
+        "regions": int(regions.sum()), "given_boxes": sum(r.get("given_boxes", 0) for r in reports),
     }
 
 
@@ -120,7 +173,7 @@ def pipeline_report(images: list[str], ext: dict[str, Any], enc: dict[str, Any],
     return {
         "images": len(images), "stored": len(ext["image_ids"]), "extracted": ext["extracted"],
         "skipped_existing": ext["skipped"], "failed": ext["failed"], "regions": ext["regions"],
-        "encoded": enc["encoded"], "index_version": manifest.get("version"), "wall_seconds": round(wall_seconds, 2),
+        "encoded": enc["encoded"], "given_boxes": ext.get("given_boxes", 0), "index_version": manifest.get("version"), "wall_seconds": round(wall_seconds, 2),
         "extract_images_per_s": ext["images_per_s"], "encode_images_per_s": enc["images_per_s"],
         "failures": ext["failures"], "notes": notes,
     }

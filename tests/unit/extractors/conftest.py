@@ -1,9 +1,11 @@
-"""Image fixtures for the extractor tests: small seeded photos-to-be and one of every kind of bad input."""
+"""Extractor test fixtures: small seeded photos-to-be, one of every kind of bad input, and detectron2
+importable from a snapshot of airsplay's fork (:func:`detectron2_fork`, skipped without one)."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,88 @@ def good_images(tmp_path, rng) -> list[Path]:
 @pytest.fixture
 def bad_images(tmp_path, rng) -> dict[str, Path]:
     return write_bad_images(tmp_path / "bad", rng)
+
+
+D2_SOURCE_ENV = "REGIONRANK_D2_SOURCE"
+D2_EXTRA_PATH_ENV = "REGIONRANK_D2_EXTRA_PATH"
+_D2_DEPENDENCIES = ("fvcore", "yacs", "iopath", "termcolor", "tabulate", "cloudpickle", "portalocker")
+
+
+@pytest.fixture(scope="module")
+def detectron2_fork() -> Iterator[Path]:
+    """detectron2 importable from a snapshot of airsplay/py-bottom-up-attention, as ``make_butd.py`` runs it.
+
+    ``REGIONRANK_D2_SOURCE``: the snapshot's root (it holds ``detectron2/`` and ``configs/``); unset or
+    absent, the test is skipped with the reason. ``REGIONRANK_D2_EXTRA_PATH`` (optional, ``os.pathsep``
+    separated): folders appended to ``sys.path`` for detectron2's pure-Python dependencies (fvcore, yacs,
+    iopath, ...) where they are not installed, e.g. the site-packages of the venv that made the fixtures;
+    appended, so this environment's torch and numpy still win.
+
+    Shims, as in ``tests/fixtures/reference/make_butd.py`` (nothing of the snapshot is edited): an empty
+    ``detectron2._C`` (the C4 caffemaxpool path uses torchvision's RoIPool and NMS), ``PIL.Image.LINEAR``
+    and ``collections.Mapping`` & co. restored. All are undone, and the fork's modules dropped, after the
+    module's tests.
+    """
+    import collections
+    import collections.abc
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    import types
+    import warnings
+
+    import PIL.Image
+
+    src = os.environ.get(D2_SOURCE_ENV)
+    if not src:
+        pytest.skip(f"{D2_SOURCE_ENV} is not set: point it at a snapshot of airsplay/py-bottom-up-attention@85ec9b77 "
+                    f"to test the detectron2 backend")  # fmt: skip
+    root = Path(src)
+    if not (root / "detectron2" / "__init__.py").is_file():
+        pytest.skip(f"{D2_SOURCE_ENV}={src} holds no detectron2/ package; a snapshot of airsplay/py-bottom-up-attention is expected")
+    extras = [p for p in os.environ.get(D2_EXTRA_PATH_ENV, "").split(os.pathsep) if p]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("Mapping", "MutableMapping", "Sequence", "Iterable", "Iterator", "Callable", "Set"):
+            mp.setattr(collections, name, getattr(collections.abc, name), raising=False)
+        mp.setattr(PIL.Image, "LINEAR", PIL.Image.BILINEAR, raising=False)
+        mp.setattr(sys, "path", [str(root), *sys.path, *extras])
+        mp.setitem(sys.modules, "detectron2._C", types.ModuleType("detectron2._C"))
+        importlib.invalidate_caches()
+        missing = [m for m in _D2_DEPENDENCIES if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f"detectron2's dependencies {missing} are not importable: pip install them, or set "
+                        f"{D2_EXTRA_PATH_ENV} to a site-packages folder that holds them")  # fmt: skip
+        before = set(sys.modules)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the fork's 2020 code: invalid escapes, deprecated aliases
+                for module in ("detectron2.config", "detectron2.modeling", "detectron2.checkpoint"):
+                    importlib.import_module(module)
+            yield root
+        finally:
+            for name in set(sys.modules) - before:
+                if name.split(".")[0] in ("detectron2", *_D2_DEPENDENCIES):
+                    del sys.modules[name]
+
+
+REFERENCE_BUTD = Path(__file__).resolve().parents[2] / "fixtures" / "reference" / "butd"
+
+
+@pytest.fixture(scope="session")
+def airsplay_fixture_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference fixtures' weights (``tests/fixtures/reference/butd``) in the fork's own ``.pkl`` layout
+    (``faster_rcnn_from_caffe_attr.pkl``), rebuilt bit for bit from ``weights_recipe.json`` (~250 MB, slow tests)."""
+    import importlib.util
+    import json
+    import pickle
+
+    spec = importlib.util.spec_from_file_location("butd_weights", REFERENCE_BUTD.parent / "butd_weights.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weights = module.build_weights(json.loads((REFERENCE_BUTD / "weights_recipe.json").read_text()))
+    path = tmp_path_factory.mktemp("airsplay") / "faster_rcnn_from_caffe_attr.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"model": weights, "__author__": "regionrank fixture"}, fh, protocol=4)
+    return path

@@ -6,25 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
+from flows_testdata import TINY_BUTD
+from flows_testdata import write_photos as _photos
 
 from regionrank.flows import commands, stages
 from regionrank.flows.config import EncodeConfig, ExtractConfig, PipelineConfig, Workspace
-
-TINY_BUTD = {"blocks": [1, 1, 1, 1], "rpn_pre_nms_top_n": 200, "rpn_post_nms_top_n": 30, "min_size": 64, "max_size": 96,
-             "min_boxes": 2, "max_boxes": 6}
-
-
-def _photos(folder: Path, n: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        paths.append(folder / f"img{i}.png")
-        Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(paths[-1])
-    return paths
 
 
 def _cfg(images: Path, ws: Path) -> PipelineConfig:
