@@ -7,8 +7,10 @@ atomic publication, checksums and rollback; two-stage search and image-to-text s
 Modules, by role:
 
 * vectors in: ``source`` (the :class:`EmbeddingSource` protocol over embedding stores, gathering);
-* one index: ``spec`` (index keys, the automatic choice), ``ann`` (a faiss index with ids), ``tuning``
-  (certified nprobe/efSearch), ``regions`` (the per-version region matrix), ``idmap``;
+* one index: ``spec`` (index keys, the automatic choice of index and of region layout: float16 vectors,
+  or the region index's own PQ codes when the memory budget requires them), ``ann`` (a faiss index with
+  ids), ``tuning`` (certified nprobe/efSearch), ``regions`` (the per-version region matrix, with its codes
+  in the compressed layout), ``idmap``;
 * the version lifecycle: ``build`` (a new version from a store), ``update`` (add/remove, and
   :func:`update_or_build`, the one "add or build" decision every run path takes), ``handle`` (open a
   version read-only, :func:`versions`, :func:`rollback`), ``version`` (the versioned directory and its
@@ -33,7 +35,7 @@ from regionrank.index.integrity import IndexDamagedError
 from regionrank.index.manifest import FileChecksum, IndexInfo, Manifest
 from regionrank.index.regions import RegionMatrix
 from regionrank.index.source import EmbeddingSource, open_embedding_source
-from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
+from regionrank.index.spec import IndexSpec, choose_region_layout, choose_spec, parse_memory
 from regionrank.index.tuning import RecallProbe, exact_knn, recall_at_k
 from regionrank.index.search import (
     CaptionHit,
@@ -83,6 +85,7 @@ __all__ = [
     "build_indexes",
     "build_vector_index",
     "caption_search",
+    "choose_region_layout",
     "choose_spec",
     "exact_knn",
     "exhaustive_search",
