@@ -181,8 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         args.n_regions = write_store(args, Path(args.workdir) / "emb")
         write_s = time.perf_counter() - t0
+        print(f"store written: {args.n} images, {args.n_regions} regions in {write_s:.1f} s", flush=True)
         build = run_phase(args, "build")
+        print(f"built in {build['build_s']:.1f} s: {build['region_layout']} {build['indexes']} "
+              f"{build['bytes_per_region_parts']} B/region, peak RSS {build['peak_rss_gib']:.2f} GiB", flush=True)
         search = run_phase(args, "search")
+        lat_ms = np.asarray(search["latency_s"]) * 1e3
+        print(f"searched: p50 {np.percentile(lat_ms, 50):.1f} ms, p90 {np.percentile(lat_ms, 90):.1f} ms, "
+              f"peak RSS {search['peak_rss_gib']:.2f} GiB", flush=True)
         variants = []
         for i, layout in enumerate(args.compare or []):
             args.layout, args.index_name = layout, f"idx-{i}"

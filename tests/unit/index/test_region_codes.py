@@ -17,6 +17,8 @@ from regionrank.index.spec import IndexSpec, choose_region_layout, choose_spec
 CODES_SPEC = "OPQ16_32,IVF64,PQ16"
 # top-10 agreement of compressed with uncompressed search, mean over the queries (measured 1.0 here)
 AGREEMENT_TOLERANCE = 0.9
+# building OPQ+IVF+PQ indexes (OPQ and PQ training) costs tens of seconds on 2 cores: 198 s for this module
+SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,7 @@ def test_chooser_compresses_only_when_the_budget_requires_it() -> None:
         choose_region_layout(n, d, "16G", layout=unknown)
 
 
+@SLOW
 def test_build_picks_codes_when_the_budget_requires_it(tmp_path: Path) -> None:
     scene = Scene(seed=3)
     records = scene.images(600)
@@ -86,6 +89,7 @@ def test_build_picks_codes_when_the_budget_requires_it(tmp_path: Path) -> None:
     assert index.build_indexes(store, tmp_path / "idx2", kind=("region",)).region_layout == "float16"
 
 
+@SLOW
 def test_manifest_records_bytes_per_region(compressed, plain) -> None:
     path, manifest = compressed
     code_bytes = IndexSpec.parse(CODES_SPEC).standalone_code_bytes()
@@ -103,6 +107,7 @@ def test_manifest_records_bytes_per_region(compressed, plain) -> None:
     assert index.Manifest.read(index.VersionedDir(path).path(manifest.version)).bytes_per_region == per
 
 
+@SLOW
 def test_decoded_codes_match_the_index_scores_and_the_error_bound(compressed, scene_store) -> None:
     path, _ = compressed
     _, scene, _, records = scene_store
@@ -134,6 +139,7 @@ def test_decoded_codes_match_the_index_scores_and_the_error_bound(compressed, sc
         assert np.all(np.abs(ex - de) <= scale * regions.code_error[int_ids] + 1e-3)
 
 
+@SLOW
 def test_compressed_search_agrees_with_uncompressed(compressed, plain, scene_store) -> None:
     _, scene, store, _ = scene_store
     enc = BagOfWordsEncoder(scene.prototypes)
@@ -153,6 +159,7 @@ def test_compressed_search_agrees_with_uncompressed(compressed, plain, scene_sto
     assert float(np.mean(agree)) >= AGREEMENT_TOLERANCE, agree
 
 
+@SLOW
 def test_search_stats_state_what_the_certificate_covers(compressed, plain, scene_store) -> None:
     _, scene, store, records = scene_store
     enc = BagOfWordsEncoder(scene.prototypes)
@@ -180,6 +187,7 @@ def test_search_stats_state_what_the_certificate_covers(compressed, plain, scene
             assert top <= {b.handle.idmap.image_id(int(i)) for i in sb.candidate_ids}
 
 
+@SLOW
 def test_certified_exact_uses_the_widened_bound(compressed, scene_store) -> None:
     """Searched to the bottom (every region of every list), the decoded proof holds; the exact one holds
     where the error bound leaves room (for some queries here), and the exhaustive exact top-10 is then in
@@ -216,6 +224,7 @@ def test_certified_exact_uses_the_widened_bound(compressed, scene_store) -> None
         first.regions.code_error[:] = saved
 
 
+@SLOW
 def test_add_images_encodes_the_new_segment(tmp_path: Path) -> None:
     scene = Scene(seed=5)
     records = scene.images(500)
