@@ -7,8 +7,10 @@ atomic publication, checksums and rollback; two-stage search and image-to-text s
 Modules, by role:
 
 * vectors in: ``source`` (the :class:`EmbeddingSource` protocol over embedding stores, gathering);
-* one index: ``spec`` (index keys, the automatic choice), ``ann`` (a faiss index with ids), ``tuning``
-  (certified nprobe/efSearch), ``regions`` (the per-version region matrix), ``idmap``;
+* one index: ``spec`` (index keys, the automatic choice of index and of region layout: float16 vectors,
+  or the region index's own PQ codes when the memory budget requires them), ``ann`` (a faiss index with
+  ids), ``tuning`` (certified nprobe/efSearch), ``regions`` (the per-version region matrix, with its codes
+  in the compressed layout), ``idmap``;
 * the version lifecycle: ``build`` (a new version from a store), ``update`` (add/remove, and
   :func:`update_or_build`, the one "add or build" decision every run path takes), ``handle`` (open a
   version read-only, :func:`versions`, :func:`rollback`), ``version`` (the versioned directory and its
@@ -39,6 +41,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "build_vector_index": ("regionrank.index.build", "build_vector_index"),
     "caption_search": ("regionrank.index.search", "caption_search"),
     "CaptionHit": ("regionrank.index.search", "CaptionHit"),
+    "choose_region_layout": ("regionrank.index.spec", "choose_region_layout"),
     "choose_spec": ("regionrank.index.spec", "choose_spec"),
     "EmbeddingSource": ("regionrank.index.source", "EmbeddingSource"),
     "exact_knn": ("regionrank.index.tuning", "exact_knn"),

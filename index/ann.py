@@ -230,6 +230,27 @@ class AnnIndex:
             params = faiss.SearchParametersPreTransform(index_params=params)
         return self._cpu.search(xq, k, params=params)
 
+    def encode_standalone(self, x: np.ndarray) -> np.ndarray:
+        """Standalone codes of ``x`` (``float[n, D]``): ``uint8[n, sa_code_size]``, for an IVF-PQ index its
+        list id then the PQ code of the residual (after the OPQ rotation), the very codes :meth:`add` stores.
+
+        Raises:
+            ValueError: the index has no compressed codes (not IVF-PQ).
+        """
+        self.spec.standalone_code_bytes()  # raises for an index without PQ codes
+        out = np.empty((x.shape[0], int(self._cpu.sa_code_size())), np.uint8)
+        for start in range(0, x.shape[0], _ADD_CHUNK):
+            out[start : start + _ADD_CHUNK] = self._cpu.sa_encode(self._check(x[start : start + _ADD_CHUNK], "vectors"))
+        return out
+
+    def decode_standalone(self, codes: np.ndarray) -> np.ndarray:
+        """``float32[n, D]`` vectors decoded from :meth:`encode_standalone`'s codes; the inner product of a
+        query with a decoded vector is the score the index's own search gives that vector."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._cpu.sa_decode(codes)
+
     def reconstruct_ids(self) -> np.ndarray:
         """All stored ids (``int64[ntotal]``), tombstones excluded; for Flat/HNSW (``IndexIDMap2``) only."""
         faiss = import_faiss()

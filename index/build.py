@@ -21,9 +21,9 @@ from regionrank.index.ann import AnnIndex
 from regionrank.index.idmap import IdMap
 from regionrank.index.integrity import checksum_files
 from regionrank.index.manifest import IndexInfo, Manifest
-from regionrank.index.regions import RegionSegment, copy_segments, write_segment
+from regionrank.index.regions import REGIONS_DIR, RegionSegment, copy_segments, write_segment
 from regionrank.index.source import MULTI_KIND, Corpus, EmbeddingSource, gather_vectors, open_embedding_source
-from regionrank.index.spec import IndexSpec, choose_spec, parse_memory
+from regionrank.index.spec import IndexSpec, choose_region_layout, choose_spec, parse_memory
 from regionrank.index.tuning import RecallProbe, tune_queries_needed, tune_search_param
 from regionrank.index.version import VersionedDir
 
@@ -140,13 +140,15 @@ def build_vector_index(
 def build_params(
     kind: Sequence[str], memory_budget: str | int, target_recall: float, k: int, seed: int,
     specs: dict[str, str] | None, growth_factor: float, drift_tolerance: float, max_tombstone_fraction: float,
-    n_tune_queries: int, keep_versions: int,
+    n_tune_queries: int, keep_versions: int, region_layout: str = "auto",
 ) -> dict[str, Any]:
     """The build parameters recorded in a manifest (and reused by rebuilds), checked.
 
     Raises:
-        ValueError: ``target_recall``, ``k`` or ``growth_factor`` out of range.
+        ValueError: ``target_recall``, ``k`` or ``growth_factor`` out of range, or an unknown ``region_layout``.
     """
+    if region_layout not in ("auto", "float16", "codes"):
+        raise ValueError(f"region_layout must be 'auto', 'float16' or 'codes'; got {region_layout!r}")
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
     if k <= 0:
@@ -157,6 +159,7 @@ def build_params(
         "kind": list(kind), "memory_budget": parse_memory(memory_budget), "target_recall": target_recall, "k": k,
         "seed": seed, "specs": dict(specs or {}), "growth_factor": growth_factor, "drift_tolerance": drift_tolerance,
         "max_tombstone_fraction": max_tombstone_fraction, "n_tune_queries": n_tune_queries, "keep_versions": keep_versions,
+        "region_layout": region_layout,
     }
 
 
@@ -178,13 +181,20 @@ def build_version(
     idmap = IdMap()
     int_ids = idmap.assign(vecs.item_ids, vecs.n_multi if MULTI_KIND[corpus] in kinds else [0] * len(vecs.item_ids))
     built: dict[str, tuple[AnnIndex, IndexInfo, RecallProbe]] = {}
+    layout = "float16"
     for kind in kinds:
+        spec: IndexSpec | str | None = params["specs"].get(kind)
         if kind == "global":
             xb, ids = vecs.global_matrix(), int_ids
         else:
             xb, ids = vecs.multi_matrix(), idmap.region_ids(int_ids)
+        if kind == "region":  # the layout first: with codes, the region index is the PQ codec that fits
+            given = IndexSpec.parse(spec) if isinstance(spec, str) else None
+            chosen, layout = choose_region_layout(xb.shape[0], xb.shape[1], params["memory_budget"],
+                                                  layout=params.get("region_layout", "auto"), spec=given)
+            spec = chosen if layout == "codes" else given
         built[kind] = build_vector_index(
-            xb, ids, spec=params["specs"].get(kind), memory_budget=params["memory_budget"],
+            xb, ids, spec=spec, memory_budget=params["memory_budget"],
             target_recall=params["target_recall"], k=params["k"], seed=params["seed"],
             n_tune_queries=params["n_tune_queries"], ngpu=ngpu, kind=kind,
             tuning_queries=(tuning_queries or {}).get(kind),
@@ -193,8 +203,10 @@ def build_version(
     manifest = Manifest(
         version=vd.next_version(), corpus=corpus, source=str(source.root), embed_dim=embed_dim, n_items=len(idmap),
         indexes={k: v[1] for k, v in built.items()}, build=params, created_at="", parent_version=parent,
-        history=history, encoder=vecs.encoder, encoder_hash=vecs.encoder_hash,
+        history=history, encoder=vecs.encoder, encoder_hash=vecs.encoder_hash, region_layout=layout,
     )
+    if layout == "codes" and not params["specs"].get("region"):
+        built["region"][1].chosen_by = "auto"
     segment = vecs.region_segment(int_ids) if corpus == "images" else None
     publish_version(vd, manifest, {k: v[0] for k, v in built.items()}, {k: v[2] for k, v in built.items()}, idmap,
              new_segment=segment)
@@ -213,21 +225,43 @@ def publish_version(
     The manifest is stamped with the publication time and the size and sha256 of every file written
     (``manifest.files``; hard-linked segments keep the checksum ``manifest.files`` held for them).
     """
+    codec = anns["region"] if manifest.region_layout == "codes" else None
     with vd.stage() as tmp:
         had = bool(copy_segments(segments_from, tmp)) if segments_from is not None else False
         if new_segment is not None and (segments_from is None or had):
-            write_segment(tmp, new_segment, manifest.embed_dim)
+            write_segment(tmp, new_segment, manifest.embed_dim, codec)
         for kind, ann in anns.items():
             info = manifest.indexes[kind]
             ann.save(tmp / info.file)
             info.memory_bytes = (tmp / info.file).stat().st_size  # the serialised size, as written
             probes[kind].save(tmp / f"{kind}.probe.npz")
+        manifest.bytes_per_region = _region_bytes(tmp, manifest)
         idmap.save(tmp)
         manifest.created_at = _now()
         manifest.files = checksum_files(tmp, previous_dir=segments_from, previous=manifest.files)
         manifest.write(tmp)
         vd.publish(tmp, manifest.version)
     logger.info("published index version %d in %s (%s)", manifest.version, vd.root, manifest.history[-1:])
+
+
+def _region_bytes(version_dir: Path, manifest: Manifest) -> dict[str, float]:
+    """Bytes per indexed region of a staged version, by part (see :attr:`Manifest.bytes_per_region`);
+    empty without a region index."""
+    info = manifest.indexes.get("region")
+    if info is None or not info.n_vectors:
+        return {}
+    n = info.n_vectors
+
+    def size(pattern: str) -> int:
+        return sum(p.stat().st_size for p in (version_dir / REGIONS_DIR).glob(pattern))
+
+    out = {"region_index": (version_dir / info.file).stat().st_size / n, "codes": size("*.codes.npy") / n,
+           "float16_matrix": (size("*.vectors.npy") + size("*.boxes.npy")) / n}
+    glob = manifest.indexes.get("global")
+    out["global_index"] = (version_dir / glob.file).stat().st_size / n if glob is not None else 0.0
+    rescoring = out["codes"] if manifest.region_layout == "codes" else out["float16_matrix"]
+    out["search"] = out["region_index"] + out["global_index"] + rescoring
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def _now() -> str:
@@ -253,6 +287,7 @@ def build_indexes(
     ngpu: int = 0,
     keep_versions: int = 3,
     lock_timeout: float = 60.0,
+    region_layout: str = "auto",
 ) -> Manifest:
     """Build the image indexes from an embedding store and publish them as a new version of ``out_dir``.
 
@@ -278,12 +313,15 @@ def build_indexes(
             for all); needs faiss-gpu and a GPU.
         keep_versions: versions kept on disk (>= 2 so that :func:`rollback` works).
         lock_timeout: seconds to wait for another publisher before :class:`index.version.IndexBusyError`.
+        region_layout: how re-scoring reads region vectors: ``"auto"`` (compressed codes only when the
+            budget requires them), ``"float16"`` or ``"codes"`` (see :func:`index.spec.choose_region_layout`;
+            the manifest records the layout and its bytes per region).
 
     Returns:
         The published :class:`Manifest`.
     """
     params = build_params(kind, memory_budget, target_recall, k, seed, specs, growth_factor, drift_tolerance,
-                           max_tombstone_fraction, n_tune_queries, keep_versions)
+                           max_tombstone_fraction, n_tune_queries, keep_versions, region_layout=region_layout)
     vd = VersionedDir(out_dir, keep=keep_versions)
     source = open_embedding_source(embeddings, "images")
     with vd.lock(lock_timeout):

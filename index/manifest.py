@@ -104,6 +104,13 @@ class Manifest:
         encoder / encoder_hash: provenance of the embeddings, when the store records it.
         files: ``relative path -> FileChecksum`` of every file of the version but ``manifest.json``;
             empty for versions published before checksums were recorded.
+        region_layout: how re-scoring reads region vectors: ``"float16"`` (the region matrix) or
+            ``"codes"`` (the region index's PQ codes; float16 vectors only for the final candidates),
+            see ``index.spec.choose_region_layout``.
+        bytes_per_region: bytes on disk per indexed region, by part: ``"region_index"``, ``"codes"``,
+            ``"global_index"`` (per image, spread over its regions), ``"float16_matrix"`` (vectors and
+            boxes), and ``"search"``, what the search reads for every query's candidates: the indexes plus
+            the codes (compressed layout) or the float16 matrix (float16 layout). Empty for captions.
     """
 
     version: int
@@ -121,6 +128,8 @@ class Manifest:
     encoder_hash: str = ""
     files: dict[str, FileChecksum] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    region_layout: str = "float16"
+    bytes_per_region: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=_jsonable)

@@ -12,7 +12,15 @@ Layout, inside a version directory::
     regions/seg-000001.vectors.npy   float16[R_seg, E]   region vectors, image after image
     regions/seg-000001.boxes.npy     float32[R_seg, 4]
     regions/seg-000001.meta.json     {"int_ids": [...], "starts": [...], "counts": [...],
-                                      "uri": [...], "width": [...], "height": [...]}
+                                      "uri": [...], "width": [...], "height": [...],
+                                      "code_error": [...]}                  (compressed layout only)
+    regions/seg-000001.codes.npy     uint8[R_seg, C]     (compressed layout only) the region index's
+                                                          standalone code of every region vector
+
+With the compressed layout (``index.spec.choose_region_layout``) the first stage re-scores from the codes
+(C bytes a region, decoded with the region index's codec) and reads the float16 vectors only for the final
+candidates; ``code_error[i]`` is the largest reconstruction error ``max_r ||x_r - decode(code_r)||`` of image
+i, which bounds how far a decoded cosine can be from the exact one (the query word is a unit vector).
 
 A full build writes one segment. :func:`index.add_images` writes one more segment holding only the
 new images and hard-links the existing (immutable) segment files from the previous version, so an
@@ -29,17 +37,28 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from regionrank.index.alignment import decode_float16
 from regionrank.storage.records import ImageEmbeddingRecord
 
-__all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "copy_segments", "write_segment"]
+__all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "StandaloneCodec", "copy_segments", "write_segment"]
 
 REGIONS_DIR = "regions"
 _SEGMENTS = "segments.json"
+_SUFFIXES = (".vectors.npy", ".boxes.npy", ".meta.json", ".codes.npy")
+_CODE_CHUNK = 1 << 16
+
+
+class StandaloneCodec(Protocol):
+    """What encodes region vectors for the compressed layout (:class:`index.ann.AnnIndex` of an IVF-PQ
+    region index implements it)."""
+
+    def encode_standalone(self, x: np.ndarray) -> np.ndarray: ...
+
+    def decode_standalone(self, codes: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -86,7 +105,9 @@ def copy_segments(src_version: Path, dst_version: Path) -> list[str]:
     src, dst = src_version / REGIONS_DIR, dst_version / REGIONS_DIR
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
-        for suffix in (".vectors.npy", ".boxes.npy", ".meta.json"):
+        for suffix in _SUFFIXES:
+            if not (src / f"{name}{suffix}").exists():  # codes exist in the compressed layout only
+                continue
             try:
                 os.link(src / f"{name}{suffix}", dst / f"{name}{suffix}")
             except OSError:  # another filesystem, or links unsupported: copy (segments are immutable)
@@ -95,8 +116,11 @@ def copy_segments(src_version: Path, dst_version: Path) -> list[str]:
     return names
 
 
-def write_segment(version_dir: Path, segment: RegionSegment, dim: int) -> str:
+def write_segment(version_dir: Path, segment: RegionSegment, dim: int, codec: StandaloneCodec | None = None) -> str:
     """Append ``segment`` to the region matrix of a staged version directory; returns its name.
+
+    With ``codec`` (the compressed layout) the segment also holds every region's standalone code and each
+    image's largest reconstruction error (encoded and decoded in chunks of 65,536 regions).
 
     Raises:
         ValueError: a vector block does not have ``dim`` columns, or its row count differs from its boxes'.
@@ -115,14 +139,43 @@ def write_segment(version_dir: Path, segment: RegionSegment, dim: int) -> str:
     counts = [int(v.shape[0]) for v in segment.vectors]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
     vecs = [v for v in segment.vectors if v.shape[0]]
-    np.save(out / f"{name}.vectors.npy", np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float16))
+    stacked = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float16)
+    np.save(out / f"{name}.vectors.npy", stacked)
     boxes = [b for b in segment.boxes if b.shape[0]]
     np.save(out / f"{name}.boxes.npy", np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
     meta = {"int_ids": segment.int_ids, "starts": starts, "counts": counts, "uri": segment.uri,
             "width": segment.width, "height": segment.height}
+    if codec is not None:
+        codes, errors = _encode_regions(codec, stacked)
+        np.save(out / f"{name}.codes.npy", codes)
+        meta["code_error"] = _per_image_max(errors, counts).tolist()
     (out / f"{name}.meta.json").write_text(json.dumps(meta))
     _write_segment_list(version_dir, [*names, name], dim)
     return name
+
+
+def _encode_regions(codec: StandaloneCodec, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8[R, C] codes, float32[R] reconstruction errors)`` of stacked vectors, chunk by chunk."""
+    codes, errors = [], []
+    for s0 in range(0, stacked.shape[0], _CODE_CHUNK):
+        x = decode_float16(stacked[s0 : s0 + _CODE_CHUNK])
+        c = codec.encode_standalone(x)
+        codes.append(c)
+        errors.append(np.linalg.norm(x - codec.decode_standalone(c), axis=1).astype(np.float32))
+    if not codes:
+        return np.zeros((0, 0), np.uint8), np.zeros(0, np.float32)
+    return np.concatenate(codes), np.concatenate(errors)
+
+
+def _per_image_max(values: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """``float64[N]`` the maximum of each image's run of ``values`` (0 for an image without regions)."""
+    n_regions = np.asarray(counts, np.int64)
+    out = np.zeros(len(n_regions), np.float64)
+    nonempty = np.flatnonzero(n_regions > 0)
+    if nonempty.size:
+        starts = np.concatenate([[0], np.cumsum(n_regions[nonempty])[:-1]])
+        out[nonempty] = np.maximum.reduceat(values, starts)
+    return out
 
 
 class RegionMatrix:
@@ -157,11 +210,16 @@ class RegionMatrix:
         self.uri: list[str] = [""] * n
         self.vectors: list[np.ndarray] = []
         self.boxes: list[np.ndarray] = []
+        # compressed layout: per segment the standalone codes, per image the largest reconstruction error
+        self.codes: list[np.ndarray] | None = [] if (version_dir / REGIONS_DIR / f"{names[0]}.codes.npy").exists() else None
+        self.code_error = np.zeros(n, dtype=np.float32)
         base = version_dir / REGIONS_DIR
         for s, name in enumerate(names):
             # plain ndarray views of the maps: numpy.memmap's __getitem__ costs ~30 us a call in Python
             self.vectors.append(np.load(base / f"{name}.vectors.npy", mmap_mode="r").view(np.ndarray))
             self.boxes.append(np.load(base / f"{name}.boxes.npy", mmap_mode="r").view(np.ndarray))
+            if self.codes is not None:
+                self.codes.append(np.load(base / f"{name}.codes.npy", mmap_mode="r").view(np.ndarray))
             meta = json.loads((base / f"{name}.meta.json").read_text())
             ids = np.asarray(meta["int_ids"], dtype=np.int64)
             if ids.size and int(ids.max()) >= n:
@@ -172,6 +230,8 @@ class RegionMatrix:
             self.count[ids] = meta["counts"]
             self.width[ids] = meta["width"]
             self.height[ids] = meta["height"]
+            if self.codes is not None:
+                self.code_error[ids] = meta["code_error"]
             for i, u in zip(ids.tolist(), meta["uri"], strict=True):
                 self.uri[i] = u
         self._pos = {s: i for i, s in enumerate(self.image_ids)}
@@ -188,30 +248,55 @@ class RegionMatrix:
             raise KeyError(f"image {image_ids[int(bad[0])]!r} is not in the region matrix of {self.root}")
         return out
 
+    @property
+    def compressed(self) -> bool:
+        """Whether the matrix holds region codes (the compressed layout)."""
+        return self.codes is not None
+
     def gather(self, int_ids: np.ndarray, *, float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(float16[sum R, E] stacked region vectors, int64[N] counts)`` of the images, in order.
 
         With ``float32`` the vectors come decoded to float32 (faiss's vectorised float16 decoder, about
         twice as fast as numpy's cast; the values are identical).
         """
+        parts, counts = self._gather(self.vectors, int_ids)
+        return (decode_float16(parts) if float32 else parts), counts
+
+    def gather_codes(self, int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(uint8[sum R, C] stacked region codes, int64[N] counts)`` of the images, in order.
+
+        Raises:
+            ValueError: the matrix holds no codes (the float16 layout).
+        """
+        if self.codes is None:
+            raise ValueError(f"the region matrix of {self.root} holds no codes (float16 layout); gather() its vectors")
+        return self._gather(self.codes, int_ids)
+
+    def _gather(self, arrays: list[np.ndarray], int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         int_ids = np.asarray(int_ids, dtype=np.int64)
         counts = self.count[int_ids]
         seg = self.segment[int_ids]
-        if len(self.vectors) == 1:
-            parts = np.take(self.vectors[0], _ranges(self.start[int_ids], counts), axis=0)
+        if len(arrays) == 1:
+            parts = np.take(arrays[0], _ranges(self.start[int_ids], counts), axis=0)
         else:
-            parts = np.empty((int(counts.sum()), self.dim), dtype=self.vectors[0].dtype)
+            width = max(a.shape[1] for a in arrays)  # an empty segment's codes may be saved as (0, 0)
+            parts = np.empty((int(counts.sum()), width), dtype=arrays[0].dtype)
             offset = np.concatenate([[0], np.cumsum(counts)])
             for s in np.unique(seg):
                 sel = np.flatnonzero(seg == s)
                 rows = _ranges(self.start[int_ids[sel]], counts[sel])
-                parts[_ranges(offset[sel], counts[sel])] = np.take(self.vectors[int(s)], rows, axis=0)
-        return (decode_float16(parts) if float32 else parts), counts
+                parts[_ranges(offset[sel], counts[sel])] = np.take(arrays[int(s)], rows, axis=0)
+        return parts, counts
 
     def preloaded(self, chunk: int = 1 << 18) -> RegionMatrix:
         """A copy whose vectors are decoded to float32 in RAM once (4 bytes x regions x E: 2.4 GB for
-        2.3M regions of 256-d), so gathers skip the per-query float16 decode; boxes stay mapped."""
+        2.3M regions of 256-d), so gathers skip the per-query float16 decode; boxes stay mapped. In the
+        compressed layout the codes are read into RAM instead and the vectors stay mapped (the point of
+        the layout is not to hold them)."""
         out = copy.copy(self)
+        if self.codes is not None:
+            out.codes = [np.array(c) for c in self.codes]
+            return out
         out.vectors = []
         for v in self.vectors:
             dense = np.empty(v.shape, np.float32)

@@ -16,10 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["IndexSpec", "choose_spec", "parse_memory"]
+__all__ = ["IndexSpec", "RegionLayout", "choose_region_layout", "choose_spec", "parse_memory"]
 
 Family = Literal["flat", "hnsw", "ivf"]
 Encoding = Literal["flat", "pq", "sq8", "sqfp16"]
+# how a version keeps its region vectors for re-scoring: the float16 matrix, or the region index's PQ codes
+RegionLayout = Literal["float16", "codes"]
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -202,6 +204,18 @@ class IndexSpec:
             want = max(want, 64 * (1 << self.pq_bits))
         return min(n, max(want, 4 * self.nlist))
 
+    def standalone_code_bytes(self) -> int:
+        """Bytes of one standalone code (faiss ``sa_code_size``) of an IVF-PQ spec: the IVF list id in as
+        few bytes as hold ``nlist - 1``, then the PQ code of the residual.
+
+        Raises:
+            ValueError: the spec is not IVF with a PQ encoding (only those codes are compressed).
+        """
+        if self.family != "ivf" or self.encoding != "pq":
+            raise ValueError(f"{self}: region codes need an IVF index with a PQ encoding, e.g. 'OPQ16_64,IVF1024,PQ16'")
+        list_bytes = max(1, math.ceil(math.log2(max(self.nlist, 2)) / 8))
+        return list_bytes + math.ceil(self.pq_m * self.pq_bits / 8)
+
     def estimate_memory(self, n: int, d: int) -> int:
         """Estimated RAM in bytes of the index holding ``n`` vectors of dimension ``d`` (ids included)."""
         if self.family == "flat":
@@ -267,7 +281,14 @@ def choose_spec(n: int, d: int, memory_budget: str | int = "4G") -> IndexSpec:
     ivf = IndexSpec(family="ivf", nlist=nlist, hnsw_m=32 if nlist >= 8192 else 0)
     if ivf.estimate_memory(n, d) <= budget:
         return ivf
-    nlist = _pow2_near(4 * math.sqrt(n), 256, 65536)
+    return _choose_pq_spec(n, d, budget, memory_budget, region_codes=False)
+
+
+def _choose_pq_spec(n: int, d: int, budget: int, memory_budget: str | int, *, region_codes: bool) -> IndexSpec:
+    """Rule 4 of :func:`choose_spec`; with ``region_codes`` a standalone copy of every code is counted too,
+    and the lists are rule 3's ``2 sqrt(n)``: k-means on the training sample dominates the build, and half
+    the lists halve it for slightly larger residuals to encode."""
+    nlist = _pow2_near((2 if region_codes else 4) * math.sqrt(n), 256, 65536)
     for m in (256, 128, 64, 48, 32, 24, 16, 8, 4):
         if m > d:
             continue
@@ -276,9 +297,57 @@ def choose_spec(n: int, d: int, memory_budget: str | int = "4G") -> IndexSpec:
             family="ivf", nlist=nlist, hnsw_m=32 if nlist >= 8192 else 0, encoding="pq", pq_m=m, pq_bits=8,
             opq_m=m, opq_dim=y,
         )
-        if spec.estimate_memory(n, d) <= budget:
+        codes = n * spec.standalone_code_bytes() if region_codes else 0
+        if spec.estimate_memory(n, d) + codes <= budget:
             return spec
     raise ValueError(
         f"no index for n={n} vectors of d={d} fits memory_budget={memory_budget!r} "
         f"(even 4-byte PQ codes need ~{12 * n / 2**30:.2f} GiB); raise the budget"
     )
+
+
+def choose_region_layout(
+    n: int, d: int, memory_budget: str | int = "4G", *, layout: RegionLayout | Literal["auto"] = "auto",
+    spec: IndexSpec | None = None,
+) -> tuple[IndexSpec, RegionLayout]:
+    """Choose the region index and how re-scoring reads region vectors, under ``memory_budget``.
+
+    * ``"float16"``: the version's float16 region matrix (``2 d`` bytes a region, memory-mapped) serves
+      re-scoring; the index is :func:`choose_spec`'s.
+    * ``"codes"``: an ``OPQ,IVF,PQ`` region index, and its own standalone codes (IVF list id + PQ code of
+      the residual, :meth:`IndexSpec.standalone_code_bytes`) stored per region serve the first stage's
+      re-scoring; the float16 matrix stays on disk for the final candidates only. The PQ size is the
+      largest whose index *and* codes fit the budget; ``nlist`` ~ ``2 sqrt(n)`` (rule 3's, half of rule 4's:
+      k-means on the training sample dominates the build).
+
+    ``"auto"`` keeps ``"float16"`` unless the budget requires compression, i.e. unless :func:`choose_spec`
+    itself has to fall back to PQ codes (then a float16 copy, half of IVF-Flat's bytes, cannot fit
+    either). A given ``spec`` is kept: ``"auto"`` then means ``"float16"``, and ``"codes"`` needs it to be PQ.
+
+    Args:
+        n: region vectors (>= 1); d: their dimension.
+        memory_budget: bytes, or a string such as ``"4G"``, for the region index and (``"codes"``) its codes.
+        layout: ``"auto"``, or the layout asked for.
+        spec: the region index asked for (``None``: chosen here).
+
+    Returns:
+        ``(region index spec, layout)``.
+
+    Raises:
+        ValueError: ``layout`` is unknown, a given ``spec`` cannot hold codes, or nothing fits the budget.
+    """
+    if layout not in ("auto", "float16", "codes"):
+        raise ValueError(f"region layout must be 'auto', 'float16' or 'codes'; got {layout!r}")
+    if spec is not None:
+        if layout == "codes":
+            spec.standalone_code_bytes()  # raises for a spec without PQ codes
+            return spec, "codes"
+        return spec, "float16"
+    budget = parse_memory(memory_budget)
+    if layout == "float16":
+        return choose_spec(n, d, budget), "float16"
+    if layout == "auto":
+        chosen = choose_spec(n, d, budget)
+        if chosen.encoding != "pq":
+            return chosen, "float16"
+    return _choose_pq_spec(n, d, budget, memory_budget, region_codes=True), "codes"

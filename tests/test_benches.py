@@ -18,7 +18,7 @@ PRIVATE_ALLOWED: set[tuple[str, str]] = set()
 
 
 def test_every_stage_has_a_bench() -> None:
-    assert {"encoders", "extract", "flows", "index", "real", "search", "storage"} <= set(BENCHES)
+    assert {"encoders", "extract", "flows", "gpu_check", "index", "real", "scale", "search", "storage"} <= set(BENCHES)
     assert (REPO / "bench" / "__init__.py").is_file()
 
 
@@ -42,3 +42,23 @@ def test_bench_uses_no_sys_path_edits_or_private_modules(name: str) -> None:
             private += [a.name for a in node.names if a.name.startswith("_")]
             if private and (name, node.module) not in PRIVATE_ALLOWED:
                 raise AssertionError(f"bench/{name}.py:{node.lineno} imports private {private} from {node.module}")
+
+
+def test_gpu_check_on_a_cpu_machine_says_what_it_skipped_and_exits_zero() -> None:
+    """The one GPU script runs everywhere: without CUDA it skips each step, with the reason, quickly."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU behaviour cannot be observed here")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] is None and not result["errors"]
+    assert set(result["skipped"]) == {"extraction", "scan", "faiss_gpu", "two_stage_gpu", "pytest_gpu"}
+    assert all(result["skipped"].values())
+    for step in result["skipped"]:
+        assert f"{step}: skipped" in proc.stdout
+    assert result["wall_s"] < 60

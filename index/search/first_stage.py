@@ -7,6 +7,12 @@ adds the images nearest the query's global vector. Candidates are scored by exac
 sum of each word's smallest retrieved similarity) exceeds the ``depth``-th exact MrSw, ``region_k``
 doubles (up to ``max_region_k``). Within a round, candidates are scored best bound first down to
 Fagin's threshold: in MrSw, or, with a :class:`BoundedScoreEstimator`, in fused-estimate space.
+
+With the compressed region layout (``index.spec.choose_region_layout``) candidates are scored from the
+region index's own PQ codes, decoded: the index's search scores are exactly the cosines with the decoded
+vectors (up to float rounding), so the proof holds for the decoded MrSw; :meth:`FirstStage.exact_bound`
+widens it to exact MrSw by the stored reconstruction errors, and the rows read at full precision are
+re-scored exactly (:meth:`FirstStage.refine`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from regionrank.index.alignment import maxsim_word_bounds, mrsw_from_sims, word_region_sims
+from regionrank.index.alignment import maxsim_word_bounds, mrsw_align, mrsw_from_sims, word_region_sims
 from regionrank.index.handle import IndexHandle
 from regionrank.index.regions import RegionMatrix
 from regionrank.index.search.fusion import fuse_scores
@@ -28,6 +34,7 @@ from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 __all__ = ["FirstStage", "RegionRound", "RoundState"]
 
 _GPU_MAX_K = 2048  # the largest k faiss's GPU indexes select
+_ROUNDING = 1e-4  # per query word: float32 rounding between a decoded cosine, the index's score and the exact one
 
 
 @dataclass
@@ -104,6 +111,8 @@ class FirstStage:
         regions = handle.regions if params.use_region_matrix else None
         self.regions: RegionMatrix | None = regions.preloaded() if params.preload_regions and regions is not None else regions
         region_index = handle.indexes.get("region")
+        # compressed layout: the region index decodes the codes the region matrix holds
+        self.codec = region_index if self.regions is not None and self.regions.compressed else None
         # inverted-file and flat searches cost about the same at any depth and return prefixes of a deeper search
         self.prefix_rounds = region_index is not None and region_index.spec.family in ("flat", "ivf")
         self.max_search_k = _GPU_MAX_K if ngpu else None
@@ -230,7 +239,10 @@ class FirstStage:
         if not new.size:
             return
         words = state.words
-        if self.regions is not None:
+        if self.codec is not None and self.regions is not None:
+            codes, counts = self.regions.gather_codes(new)
+            stacked = self.codec.decode_standalone(codes)
+        elif self.regions is not None:
             stacked, counts = self.regions.gather(new, float32=True)
         else:
             recs = self.embeddings.get([self.handle.idmap.image_id(int(i)) for i in new])
@@ -251,6 +263,40 @@ class FirstStage:
         if missing:
             cache.update(zip(missing, self.embeddings.get([self.handle.idmap.image_id(i) for i in missing]), strict=True))
         return [cache[int(i)] for i in ids]
+
+    def refine(self, pool: CandidatePool, rows: np.ndarray, records: list[ImageEmbeddingRecord]) -> None:
+        """With codes, record the exact MrSw of these pool rows from their full-precision ``records``."""
+        if self.codec is None or not len(rows):
+            return
+        al = mrsw_align(np.asarray(pool.query.word_embeddings, np.float32), [r.region_embeddings for r in records],
+                        pad_regions_to=self.params.pad_regions_to)
+        pool.refine(rows, al)
+
+    def error_scale(self, query: QueryEmbedding) -> float:
+        """``sum_w |q_w|``: a region reconstruction error of ``eps`` moves MrSw by at most ``eps`` times this."""
+        words = np.asarray(query.word_embeddings, np.float64)
+        return float(np.linalg.norm(words, axis=1).sum()) if words.size else 0.0
+
+    def exact_bound(self, pool: CandidatePool, state: RoundState, depth: int) -> tuple[float, bool]:
+        """``(code error bound, certified on exact MrSw)`` of a finished first stage (see ``SearchStats``).
+
+        Exact MrSw of image i is within ``scale * eps_i + L * 1e-4`` of its decoded MrSw (each word's term
+        is a max of cosines, each moved by at most ``|q_w| * eps_i``; the zero fill's clip is 1-Lipschitz).
+        So every image outside the pool has exact MrSw at most ``outside + scale * max eps + slack`` and a
+        pooled one at least its decoded MrSw less its own bound (its exact MrSw where refined).
+        """
+        if self.codec is None or self.regions is None:
+            return 0.0, bool(self.has_regions and state.outside <= pool.kth_score(depth))
+        scale = self.error_scale(pool.query)
+        slack = _ROUNDING * state.words.shape[0]
+        bound = scale * float(self.regions.code_error.max(initial=0.0)) + slack
+        if len(pool.ids) < depth or not self.has_regions:
+            return bound, False
+        lower = pool.scores - (scale * self.regions.code_error[pool.ids] + slack)
+        refined = np.fromiter(pool.exact, np.int64, count=len(pool.exact))
+        lower[refined] = pool.mrsw(refined)
+        kth = float(np.partition(lower, len(lower) - depth)[len(lower) - depth])
+        return bound, bool(state.outside + bound <= kth)
 
     def certify(self, pool: CandidatePool, state: RoundState, depth: int) -> None:
         """Deepen the region search until the pool provably holds the exact top-``depth`` (in MrSw, or

@@ -1,5 +1,10 @@
-"""The candidate pool of one query: every image scored by exact MrSw so far, with its first-stage
-score, its best region per word and the re-ranker's estimate (it grows while the first stage deepens)."""
+"""The candidate pool of one query: every image scored by MrSw so far, with its first-stage score, its
+best region per word and the re-ranker's estimate (it grows while the first stage deepens).
+
+With the compressed region layout the pool's MrSw comes from decoded codes; the rows later read at full
+precision (the re-ranked candidates and the hits) get their exact alignment as an overlay
+(:meth:`CandidatePool.refine`), so the first stage's proof keeps comparing decoded scores with decoded
+bounds while the final scores are exact."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ class CandidatePool:
         self.best_region = np.zeros((0, n_words), np.int64)
         self.best_sim = np.zeros((0, n_words), np.float32)
         self.est = np.zeros(0, np.float32)  # the re-ranker's estimate (NaN without an estimator)
+        self.exact: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}  # row -> exact (score, best region, best sim)
 
     def add(self, ids: np.ndarray, first: np.ndarray, al: Alignment, est: np.ndarray | None = None) -> None:
         self.pos.update({int(i): len(self.pos) + j for j, i in enumerate(ids)})
@@ -54,6 +60,24 @@ class CandidatePool:
             return float("-inf")
         return float(np.partition(self.scores, len(self.scores) - k)[len(self.scores) - k])
 
+    def refine(self, rows: np.ndarray, al: Alignment) -> None:
+        """Record the exact (full-precision) alignment of these rows, over their decoded one."""
+        for j, row in enumerate(np.asarray(rows, np.int64).tolist()):
+            self.exact[row] = (float(al.scores[j]), al.best_region[j], al.best_sim[j])
+
+    def mrsw(self, rows: np.ndarray) -> np.ndarray:
+        """``float32[len(rows)]`` MrSw of these rows: exact where refined, else as pooled."""
+        out = self.scores[rows].astype(np.float32)
+        if self.exact:
+            for j, row in enumerate(np.asarray(rows, np.int64).tolist()):
+                if row in self.exact:
+                    out[j] = self.exact[row][0]
+        return out
+
     def alignment(self, rows: np.ndarray) -> Alignment:
-        """The pooled MrSw alignment of these rows."""
-        return Alignment(scores=self.scores[rows], best_region=self.best_region[rows], best_sim=self.best_sim[rows])
+        """The MrSw alignment of these rows (exact where refined)."""
+        al = Alignment(scores=self.mrsw(rows), best_region=self.best_region[rows].copy(), best_sim=self.best_sim[rows].copy())
+        for j, row in enumerate(np.asarray(rows, np.int64).tolist()):
+            if row in self.exact:
+                al.best_region[j], al.best_sim[j] = self.exact[row][1], self.exact[row][2]
+        return al

@@ -103,6 +103,7 @@ class AdaptiveReranking:
             chunk = remaining[np.argsort(-key[remaining], kind="stable")][: max(depth - len(rows), 0)]
             if chunk.size:
                 recs = first.records(pool.ids[chunk], state.cache)
+                first.refine(pool, chunk, recs)  # compressed layout: exact MrSw of what is re-ranked
                 scores, chunk_maps = rerank_scores(self.reranker, state.query, recs)
                 scan_parts.append(scores)
                 maps = None if maps is None or chunk_maps is None else [*maps, *chunk_maps]
@@ -112,7 +113,7 @@ class AdaptiveReranking:
             if depth >= p.rerank_limit or not rest.size:
                 break
             scan_done = np.concatenate(scan_parts)
-            fused = self._fuse(pool.scores[rows], scan_done, n_words)
+            fused = self._fuse(pool.mrsw(rows), scan_done, n_words)
             kth = np.sort(fused)[-k] if len(rows) >= k else -np.inf
             reach_out = float("-inf")
             if first.estimator is not None:

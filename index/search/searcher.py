@@ -148,6 +148,9 @@ class Searcher:
         top, records, final, scan, weights = self._rank(pool, state, depth, k, stats)
         stats.region_k, stats.candidate_ids = state.region_k, pool.ids.copy()
         stats.outside_bound, stats.certified = float(state.outside), bool(state.certified)
+        stats.scored_from = "codes" if first.codec is not None else "vectors"
+        stats.code_error_bound, stats.certified_exact = first.exact_bound(pool, state, depth)
+        stats.certificate = "none" if not stats.certified else "decoded" if first.codec is not None else "exact"
         return make_hits(query, records, final, pool.alignment(top), pool.first[top], scan, weights, k)
 
     def _rank(self, pool: CandidatePool, state: RoundState, depth: int, k: int, stats: SearchStats) -> tuple[
@@ -157,20 +160,27 @@ class Searcher:
         first, p = self.first_stage, self.params
         n_words = state.words.shape[0]
         if self.reranker is None:  # no re-ranking: exact MrSw decides, whatever the fusion
-            top = np.argsort(-pool.scores, kind="stable")[:k]
-            final = fuse_scores(pool.scores[top], None, n_words, fusion="mrsw", weight=0.0)
-            return top, first.records(pool.ids[top], state.cache), final, None, None
+            # with codes, the best by decoded MrSw (a margin of 4k, at least 64) are re-scored exactly first
+            top = np.argsort(-pool.scores, kind="stable")[: k if first.codec is None else max(4 * k, 64)]
+            records = first.records(pool.ids[top], state.cache)
+            first.refine(pool, top, records)
+            best = np.argsort(-pool.mrsw(top), kind="stable")[:k]
+            top, records = top[best], [records[i] for i in best]
+            final = fuse_scores(pool.mrsw(top), None, n_words, fusion="mrsw", weight=0.0)
+            return top, records, final, None, None
         rows, scan, maps = AdaptiveReranking(first, self.reranker).run(pool, state, depth, k)
         stats.reranked = len(rows)
         records = first.records(pool.ids[rows], state.cache)
-        final = fuse_scores(pool.scores[rows], scan, n_words, fusion=p.fusion, weight=p.fusion_weight)
+        final = fuse_scores(pool.mrsw(rows), scan, n_words, fusion=p.fusion, weight=p.fusion_weight)
         weights = maps if maps is not None else hit_attention(self.reranker, state.query, records, final, k)
         if len(rows) >= k:
             return rows, records, final, scan, weights
         # fewer re-ranked than asked for: the rest follow in MrSw order (ALBEF's -100); the pool may have grown
         order = np.argsort(-pool.scores, kind="stable")
         rest = order[~np.isin(order, rows)][: k - len(rows)]
-        records.extend(first.records(pool.ids[rest], state.cache))
+        rest_records = first.records(pool.ids[rest], state.cache)
+        first.refine(pool, rest, rest_records)
+        records.extend(rest_records)
         final = np.concatenate([final, np.min(final) - 1.0 - np.arange(len(rest), dtype=np.float32)])
         scan = np.concatenate([scan, np.full(len(rest), np.nan, np.float32)])
         weights = None if weights is None else [*weights, *([None] * len(rest))]

@@ -173,6 +173,21 @@ class SearchStats:
             i.e. the re-ranked set is the exhaustive MrSw top-``reranked`` (ties aside).
         reranked: candidates the re-ranker scored.
         source: ``"region_matrix"`` (the index version's memory-mapped vectors) or ``"embeddings"``.
+        scored_from: what the first stage's MrSw (and the estimates) were computed from: ``"vectors"``
+            (float16/float32 region vectors: ``certified`` is about exact MrSw) or ``"codes"`` (the
+            compressed layout's decoded PQ codes: ``certified`` is then about the *decoded* MrSw only,
+            an approximation of the exact order; the re-ranked candidates and hits are re-scored exactly).
+        code_error_bound: with codes, the largest amount by which any image's exact MrSw can differ from
+            its decoded MrSw for this query (``sum_w |q_w| * max_i eps_i``, ``eps_i`` the image's largest
+            region reconstruction error, plus float rounding); ``0.0`` with vectors.
+        certified_exact: whether the pool provably holds the exhaustive *exact* MrSw top-``depth``: with
+            vectors, ``certified`` of an MrSw certificate; with codes, the decoded proof widened by the
+            error bound (outside bound + ``code_error_bound`` at most the ``depth``-th exact-score lower
+            bound in the pool), which the loose bound rarely allows unless the search went deep; like
+            ``certified``, with respect to the lists the region index probes (``depth`` = ``max(rerank_k, k)``
+            with a re-ranker, ``k`` without).
+        certificate: the statement in words: ``"exact"`` (certified on exact MrSw or fused estimates from
+            exact vectors), ``"decoded"`` (certified on decoded codes only: approximate), ``"none"``.
     """
 
     region_k: int = 0
@@ -181,3 +196,7 @@ class SearchStats:
     certified: bool = False
     reranked: int = 0
     source: str = ""
+    scored_from: str = "vectors"
+    code_error_bound: float = 0.0
+    certified_exact: bool = False
+    certificate: str = "none"
