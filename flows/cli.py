@@ -147,14 +147,11 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
     """Search the indexed images with a text query (two-stage: ANN -> TERAN alignment -> SCAN re-rank).
 
     Uses the workspace's running search service (`regionrank api`) when there is one, else searches in-process."""
-    from regionrank.flows import commands
-    from regionrank.flows.config import SearchConfig
-
-    ws = _workspace(workspace)
-    if not in_process:
+    if not in_process:  # the service path loads no pydantic, torch or faiss: it answers in about half a second
         from regionrank.flows.api.client import ServiceError, find_service, hits_from_json
+        from regionrank.flows.runtime import workspace_root
 
-        svc, why = find_service(ws.root)
+        svc, why = find_service(workspace_root(workspace))
         if svc is not None:
             try:
                 res = svc.search(text, k=k, rerank_k=rerank_k, fusion=fusion)
@@ -169,6 +166,10 @@ def search_cmd(text: str = typer.Argument(..., help="the query"), k: int = typer
                 console.print(f"heatmap of the top hit written to {explain}")
             return
         err.print(f"in-process search: {why}")
+    from regionrank.flows import commands
+    from regionrank.flows.config import SearchConfig
+
+    ws = _workspace(workspace)
     try:
         hits = commands.search(ws, text, SearchConfig(k=k, rerank_k=rerank_k, fusion=fusion), explain=explain)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from regionrank.flows.runtime import DEFAULT_WORKSPACE
 from regionrank.index.search.params import SearchParams
 
 __all__ = [
@@ -177,7 +178,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REGIONRANK_", extra="ignore")
 
-    workspace: Path = Path("regionrank-workspace")
+    workspace: Path = DEFAULT_WORKSPACE
     device: str = "auto"
     detector: str = "butd-r101-c4"
     detector_weights: Path | None = None

@@ -16,6 +16,16 @@ from typing import Iterator
 __all__ = ["configure_prefect_env", "fast_flow_settings"]
 
 
+DEFAULT_WORKSPACE = Path("regionrank-workspace")
+
+
+def workspace_root(path: Path | None) -> Path:
+    """The workspace folder a command works in: ``path``, else ``REGIONRANK_WORKSPACE``, else
+    ``./regionrank-workspace`` (what :class:`flows.config.Settings` resolves, without loading pydantic:
+    ``regionrank search`` answered by a running service stays fast)."""
+    return (path or Path(os.environ.get("REGIONRANK_WORKSPACE") or DEFAULT_WORKSPACE)).expanduser().absolute()
+
+
 def configure_prefect_env(workspace: Path) -> None:
     """Set offline/embedded defaults; values the user already exported win."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
