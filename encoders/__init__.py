@@ -13,32 +13,27 @@ The package imports nothing heavy itself; the names below load their module on f
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from regionrank.storage.lazy import lazy_exports
 
-_LAZY = {
-    "RetrievalModel": "regionrank.encoders.protocol",
-    "create_encoder": "regionrank.encoders.registry",
-    "list_models": "regionrank.encoders.registry",
-    "alignment_scores": "regionrank.encoders.alignment",
-    "TeranCfg": "regionrank.encoders.teran",
-    "TeranModel": "regionrank.encoders.teran",
-    "train": "regionrank.encoders.training",
-    "evaluate": "regionrank.encoders.training",
-    "write_image_embeddings": "regionrank.encoders.embed",
-    "write_caption_embeddings": "regionrank.encoders.embed",
-    "load_model": "regionrank.encoders.checkpoint",
-    "save_checkpoint": "regionrank.encoders.checkpoint",
-    "GroundedEncoder": "regionrank.encoders.grounded",
-    "TeranQueryEncoder": "regionrank.encoders.adapters",
-    "GroundedQueryEncoder": "regionrank.encoders.adapters",
-    "ScanReranker": "regionrank.encoders.adapters",
+_LAZY: dict[str, tuple[str, str]] = {
+    "RetrievalModel": ("regionrank.encoders.protocol", "RetrievalModel"),
+    "create_encoder": ("regionrank.encoders.registry", "create_encoder"),
+    "list_models": ("regionrank.encoders.registry", "list_models"),
+    "alignment_scores": ("regionrank.encoders.alignment", "alignment_scores"),
+    "TeranCfg": ("regionrank.encoders.teran", "TeranCfg"),
+    "TeranModel": ("regionrank.encoders.teran", "TeranModel"),
+    "train": ("regionrank.encoders.training", "train"),
+    "evaluate": ("regionrank.encoders.training", "evaluate"),
+    "write_image_embeddings": ("regionrank.encoders.embed", "write_image_embeddings"),
+    "write_caption_embeddings": ("regionrank.encoders.embed", "write_caption_embeddings"),
+    "load_model": ("regionrank.encoders.checkpoint", "load_model"),
+    "save_checkpoint": ("regionrank.encoders.checkpoint", "save_checkpoint"),
+    "GroundedEncoder": ("regionrank.encoders.grounded", "GroundedEncoder"),
+    "TeranQueryEncoder": ("regionrank.encoders.adapters", "TeranQueryEncoder"),
+    "GroundedQueryEncoder": ("regionrank.encoders.adapters", "GroundedQueryEncoder"),
+    "ScanReranker": ("regionrank.encoders.adapters", "ScanReranker"),
 }
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

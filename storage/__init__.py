@@ -6,8 +6,7 @@ stage and every tool can read shards.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from regionrank.storage.lazy import lazy_exports
 
 # name -> (module, attribute): each loads on first access, so importing one module (``storage.records``)
 # does not load pyarrow and every other module
@@ -49,15 +48,4 @@ _LAZY: dict[str, tuple[str, str]] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
