@@ -105,3 +105,13 @@ def test_no_bare_package_imports() -> None:
             if bare:
                 offenders.append(f"{path.relative_to(ROOT)}: {bare}")
     assert offenders == [], "bare imports (use regionrank.<pkg>):\n" + "\n".join(offenders)
+
+
+def test_the_cli_loads_no_heavy_library_at_import(tmp_path: Path) -> None:
+    """The package roots load their names lazily: ``regionrank --help`` and a search answered by the running
+    service import the CLI without faiss, pyarrow, torch, transformers or prefect."""
+    code = ("import sys\nimport regionrank.flows.cli\n"
+            "print(','.join(sorted(n for n in ('faiss', 'pyarrow', 'torch', 'transformers', 'prefect') if n in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

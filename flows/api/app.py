@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,13 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from regionrank.flows.api.engine import EngineBusyError, EngineNotReadyError, SearchEngine
 from regionrank.flows.api.metrics import ServiceMetrics
 from regionrank.flows.config import SearchConfig
+from regionrank.index.search.params import SearchParams
+from regionrank.index.search.types import Fusion
 
 __all__ = ["ApiLimits", "ApiSettings", "LimitError", "create_app"]
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-FUSIONS = ("scan", "mrsw", "weighted")
+FUSIONS: tuple[str, ...] = get_args(Fusion)  # the library's fusions, not a copy
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def create_app(engine: SearchEngine, settings: ApiSettings | None = None, *,
                 "limits": limits.__dict__, "defaults": settings.search.model_dump()}
 
     @app.get("/search")
-    async def search_get(q: str, k: int = 10, rerank_k: int | None = None, fusion: str | None = None) -> dict[str, Any]:
+    async def search_get(q: str, k: int = SearchParams.k, rerank_k: int | None = None, fusion: str | None = None) -> dict[str, Any]:
         text = _check_query(q, limits)
         _check_options(k, rerank_k, fusion, limits)
         cfg = search_options(rerank_k, fusion, settings.search)
@@ -220,7 +222,7 @@ def create_app(engine: SearchEngine, settings: ApiSettings | None = None, *,
             raise LimitError("batch size", len(queries), limits.max_batch)
         if not all(isinstance(q, str) for q in queries):
             raise ValueError('"queries" must hold strings only')
-        k, rerank_k, fusion = body.get("k", 10), body.get("rerank_k"), body.get("fusion")
+        k, rerank_k, fusion = body.get("k", SearchParams.k), body.get("rerank_k"), body.get("fusion")
         if not isinstance(k, int) or not (rerank_k is None or isinstance(rerank_k, int)):
             raise ValueError('"k" and "rerank_k" must be integers')
         texts = [_check_query(q, limits) for q in queries]
@@ -261,7 +263,7 @@ def create_app(engine: SearchEngine, settings: ApiSettings | None = None, *,
         return Response(data, media_type="image/png")
 
     @app.get("/images/{image_id}/captions")
-    async def captions(image_id: str, k: int = 10) -> dict[str, Any]:
+    async def captions(image_id: str, k: int = SearchParams.k) -> dict[str, Any]:
         _check_options(k, None, None, limits)
 
         def find(v: Any) -> tuple[int, list[dict[str, Any]] | str]:

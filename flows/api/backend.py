@@ -28,12 +28,13 @@ _WARMUP_QUERY = "a photo of a person"
 
 
 def current_version(index_dir: Path) -> str:
-    """What the index directory's ``CURRENT`` pointer says (``""`` before the first publication):
-    one small read, cheap enough to poll."""
-    try:
-        return (index_dir / "CURRENT").read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return ""
+    """The index's current version as a pointer token (``"v000003"``; ``""`` before the first publication),
+    read by the index's own reader of ``CURRENT`` (:meth:`regionrank.index.VersionedDir.current`): one
+    small read, cheap enough to poll."""
+    from regionrank.index.version import VersionedDir
+
+    n = VersionedDir(index_dir).current()
+    return "" if n is None else f"v{n:06d}"
 
 
 def search_options(rerank_k: int | None, fusion: str | None, default: SearchConfig) -> SearchConfig:
