@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 2 x cores)")
     p.add_argument("--seconds", type=float, default=None, help="load duration (default 30, quick 8)")
     p.add_argument("--workers", type=int, default=None, help="service query workers (default: its own, the CPU count)")
+    p.add_argument("--threads-per-query", type=int, default=None,
+                   help="torch/faiss threads of one query (default: the service's own, cores / workers)")
     args = p.parse_args(argv)
     from regionrank import index
     from regionrank.storage import ImageEmbeddingStore
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = args.n or (2000 if args.quick else 10_000)
     clients = args.clients or 2 * cores
     seconds = min(args.seconds or (8.0 if args.quick else 30.0), 600.0)
-    result: dict[str, Any] = {"n_images": n, "clients": clients, "seconds": seconds, "cores": cores}
+    result: dict[str, Any] = {"n_images": n, "clients": clients, "seconds": seconds, "cores": cores,
+                              "workers": args.workers, "threads_per_query": args.threads_per_query}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         t = time.perf_counter()
         ws, scene = build_workspace(Path(tmp) / "ws", n)
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "regionrank.flows.cli", "api", "-w", str(ws.root), "--port", "0", "--poll", "0.2"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        if args.threads_per_query:
+            cmd += ["--threads-per-query", str(args.threads_per_query)]
         log = open(Path(tmp) / "api.log", "wb")
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -186,6 +186,8 @@ def api_cmd(workspace: Optional[Path] = _WS,
             token: Optional[str] = typer.Option(None, "--token", envvar="REGIONRANK_API_TOKEN",
                                                 help="API token every request must carry [env REGIONRANK_API_TOKEN]"),
             workers: Optional[int] = typer.Option(None, "--workers", help="queries answered at once (default: CPU count, at most 8)"),
+            threads_per_query: Optional[int] = typer.Option(None, "--threads-per-query",
+                                                            help="torch/faiss threads of one query (default: cores / workers, at least 1)"),
             cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeatable)"),
             rerank_k: int = typer.Option(128, "--rerank-k", help="default candidates re-ranked with SCAN"),
             fusion: str = typer.Option("weighted", "--fusion", help="default fusion: scan | mrsw | weighted"),
@@ -199,7 +201,7 @@ def api_cmd(workspace: Optional[Path] = _WS,
 
     ws = _workspace(workspace)
     try:
-        run_api(ws, host=host, port=port, token=token, workers=workers, poll_interval=poll,
+        run_api(ws, host=host, port=port, token=token, workers=workers, threads_per_query=threads_per_query, poll_interval=poll,
                 cors_origins=tuple(cors_origin), search=SearchConfig(rerank_k=rerank_k, fusion=fusion),
                 prefect_ui_url=prefect_ui, prefect_api_url=prefect_api, wait_for_index=wait_for_index,
                 on_listening=lambda url: console.print(f"regionrank search service for {ws.root} at {url}/ (Ctrl-C stops it)"))

@@ -7,9 +7,8 @@ the request's ``k`` / ``rerank_k`` / ``fusion`` onto today's arguments.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-
-import functools
 import io
 import logging
 import threading
@@ -67,16 +66,51 @@ class ImageInfo:
         return p if p.is_file() else None
 
 
-@functools.lru_cache(maxsize=65536)
-def _image_info(embeddings: str, image_id: str) -> ImageInfo | None:
-    # image ids are content hashes: what is stored under one never changes, so a process-wide cache is safe
-    from regionrank.storage import ImageEmbeddingStore
+_INFO_COLUMNS = ("image_id", "uri", "width", "height", "labels")
+_INFO_CACHE_SIZE = 65536
 
-    recs = ImageEmbeddingStore(embeddings).get([image_id])
-    if not recs:
-        return None
-    r = recs[0]
-    return ImageInfo(r.image_id, r.uri, int(r.width), int(r.height), tuple(r.labels) if r.labels else None)
+
+class _ImageInfoCache:
+    """What the service shows of indexed images, read in one column-pruned batch per query (the image
+    id, uri, size and region labels, never the embeddings) and kept in a bounded LRU table. Image ids
+    are content hashes: what is stored under one never changes, so the table is shared by versions."""
+
+    def __init__(self, maxsize: int = _INFO_CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._table: collections.OrderedDict[tuple[str, str], ImageInfo] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._stores: dict[str, Any] = {}  # one opened store per folder: its catalog is read once, then refreshed
+        self._read_lock = threading.Lock()
+
+    def get_many(self, embeddings: str, image_ids: list[str]) -> dict[str, ImageInfo]:
+        out: dict[str, ImageInfo] = {}
+        with self._lock:
+            for i in image_ids:
+                info = self._table.get((embeddings, i))
+                if info is not None:
+                    self._table.move_to_end((embeddings, i))
+                    out[i] = info
+        missing = list(dict.fromkeys(i for i in image_ids if i not in out))
+        if missing:
+            from regionrank.storage import ImageEmbeddingStore
+
+            with self._read_lock:
+                store = self._stores.get(embeddings)
+                if store is None:
+                    store = self._stores[embeddings] = ImageEmbeddingStore(embeddings)
+                present = [i for i in missing if i in store]
+                rows = store.read_rows(present, columns=list(_INFO_COLUMNS)).to_pylist() if present else []
+            with self._lock:
+                for r in rows:
+                    info = ImageInfo(r["image_id"], r["uri"] or "", int(r["width"] or 0), int(r["height"] or 0),
+                                     tuple(r["labels"]) if r["labels"] else None)
+                    out[info.image_id] = self._table[(embeddings, info.image_id)] = info
+                while len(self._table) > self.maxsize:
+                    self._table.popitem(last=False)
+        return out
+
+
+_INFOS = _ImageInfoCache()
 
 
 def _num(x: float) -> float | None:
@@ -157,13 +191,14 @@ class OpenedVersion:
         """Text-to-image search; hits as JSON objects (:func:`hit_json`)."""
         searcher = self._searcher(cfg)
         hits = searcher.search_embedding(self._encode_query(searcher, text), k)
-        return [hit_json(h, self.image(h.image_id)) for h in hits]
+        infos = _INFOS.get_many(str(self.ws.image_embeddings), [h.image_id for h in hits])
+        return [hit_json(h, infos.get(h.image_id)) for h in hits]
 
     def image(self, image_id: str) -> ImageInfo | None:
         """An indexed image of this version, or ``None`` (not indexed, or removed)."""
         if image_id not in self._idmap:
             return None
-        return _image_info(str(self.ws.image_embeddings), image_id)
+        return _INFOS.get_many(str(self.ws.image_embeddings), [image_id]).get(image_id)
 
     def explain_png(self, image_id: str, text: str) -> bytes:
         """The per-word heatmap of ``text`` on one indexed image, as PNG bytes.

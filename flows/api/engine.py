@@ -78,10 +78,13 @@ class SearchEngine:
         workers: queries run at once.
         queue_limit: queries waiting for a worker before new ones are refused (:class:`EngineBusyError`).
         poll_interval: seconds between two looks at the pointer.
+        worker_init: run once in each query thread and in the thread that opens versions, before any
+            query (e.g. :func:`limit_query_threads`).
     """
 
     def __init__(self, open_version: Callable[[], Any], pointer: Callable[[], str], *, workers: int = 2,
-                 queue_limit: int = 64, poll_interval: float = 0.5) -> None:
+                 queue_limit: int = 64, poll_interval: float = 0.5,
+                 worker_init: Callable[[], None] | None = None) -> None:
         if workers < 1 or queue_limit < 0 or poll_interval <= 0:
             raise ValueError(f"workers must be >= 1, queue_limit >= 0, poll_interval > 0; got {workers}, {queue_limit}, {poll_interval}")
         self._open = open_version
@@ -89,7 +92,9 @@ class SearchEngine:
         self.workers = workers
         self.queue_limit = queue_limit
         self.poll_interval = poll_interval
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regionrank-query")
+        self._worker_init = worker_init
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regionrank-query",
+                                                           initializer=worker_init)
         self._lock = threading.Lock()
         self._slot: _Slot | None = None
         self._retired: list[_Slot] = []
@@ -127,6 +132,8 @@ class SearchEngine:
         return self.state.ready
 
     def _watch(self) -> None:
+        if self._worker_init is not None:  # the warm-up runs here: under the query threads' settings
+            self._worker_init()
         while not self._stop.is_set():
             try:
                 self.refresh()

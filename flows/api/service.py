@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -55,8 +56,27 @@ def _remove_service_file(ws: Workspace) -> None:
         pass
 
 
+def query_threads(workers: int, cpus: int | None = None) -> int:
+    """Threads one query may use so that ``workers`` queries at once fill the cores and no more:
+    ``max(1, cpus // workers)``. A query costs about the same CPU time single-threaded as spread over
+    threads (torch and faiss spin on tiny operations), so a service answering several queries at once
+    gets its throughput from the queries, not from threads inside each."""
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, workers))
+
+
+def limit_query_threads(n: int) -> None:
+    """Cap torch's and faiss's threads for queries run by the calling thread (OpenMP settings are
+    per thread: call it in every query thread)."""
+    import faiss
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
 def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-            workers: int | None = None, queue_limit: int = 64, poll_interval: float = 0.5,
+            workers: int | None = None, threads_per_query: int | None = None, queue_limit: int = 64, poll_interval: float = 0.5,
             cors_origins: tuple[str, ...] = (), search: SearchConfig | None = None,
             prefect_ui_url: str | None = None, prefect_api_url: str | None = None,
             on_listening: Any = None, wait_for_index: bool = False) -> None:
@@ -67,6 +87,8 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
         host / port: where to listen (``port=0``: a free port); a non-loopback ``host`` needs ``token``.
         token: the API token every request must carry, or ``None``.
         workers: queries answered at once (default: the CPU count, at most 8).
+        threads_per_query: torch/faiss threads of one query (default :func:`query_threads`: the cores
+            shared out between the workers, so 1 with the default workers).
         queue_limit: queries that may wait for a worker before the service answers 503.
         poll_interval: seconds between two looks at the index's ``CURRENT`` pointer.
         cors_origins: origins allowed to call the API from a browser (none by default).
@@ -92,9 +114,13 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
     from regionrank.flows.config import SearchConfig
 
     default = search or SearchConfig()
+    workers = workers or min(8, os.cpu_count() or 1)
+    if threads_per_query is not None and threads_per_query < 1:
+        raise ValueError(f"threads per query must be >= 1, got {threads_per_query}")
+    threads = threads_per_query or query_threads(workers)
     engine = SearchEngine(lambda: OpenedVersion(ws, default), lambda: current_version(ws.index_dir),
-                          workers=workers or min(8, os.cpu_count() or 1), queue_limit=queue_limit,
-                          poll_interval=poll_interval)
+                          workers=workers, queue_limit=queue_limit, poll_interval=poll_interval,
+                          worker_init=functools.partial(limit_query_threads, threads))
     def shutdown() -> None:
         _remove_service_file(ws)
         engine.stop()
