@@ -24,7 +24,7 @@ from regionrank.index.manifest import IndexInfo, Manifest
 from regionrank.index.regions import REGIONS_DIR, RegionSegment, copy_segments, write_segment
 from regionrank.index.source import MULTI_KIND, Corpus, EmbeddingSource, gather_vectors, open_embedding_source
 from regionrank.index.spec import IndexSpec, choose_region_layout, choose_spec, parse_memory
-from regionrank.index.tuning import RecallProbe, tune_queries_needed, tune_search_param
+from regionrank.index.tuning import DecodedRows, RecallProbe, tune_queries_needed, tune_search_param
 from regionrank.index.version import VersionedDir
 
 __all__ = [
@@ -55,6 +55,7 @@ def build_vector_index(
     ngpu: int = 0,
     kind: str = "global",
     tuning_queries: np.ndarray | None = None,
+    truth: str = "exact",
 ) -> tuple[AnnIndex, IndexInfo, RecallProbe]:
     """Choose (or take) an index for ``xb``, train it on a sample, add everything, tune it to a recall.
 
@@ -73,6 +74,10 @@ def build_vector_index(
         tuning_queries: ``float[Q, D]`` queries to tune on instead of held-out database vectors, e.g.
             caption word vectors for a region index (text queries against image vectors behave
             differently from image-to-image queries; ALGORITHMS.md §8, clip-retrieval #76).
+        truth: ``"exact"`` tunes recall against exact search over ``xb``; ``"codes"`` against exact search
+            over the index's own decoded codes (IVF-PQ only). A compressed region index is scored from its
+            codes, so what nprobe must find is what exhaustive search of the codes finds: against exact
+            neighbours PQ's recall plateaus below the target and the tuner would probe every list.
 
     Returns:
         ``(index, info, probe)``: the tuned index, its manifest entry, and the recall probe used for
@@ -88,6 +93,8 @@ def build_vector_index(
     if ids.shape != (xb.shape[0],):
         raise ValueError(f"need one id per vector: {xb.shape[0]} vectors, ids of shape {tuple(ids.shape)}")
     n, d = xb.shape
+    if truth not in ("exact", "codes"):
+        raise ValueError(f"truth must be 'exact' or 'codes'; got {truth!r}")
     budget = parse_memory(memory_budget)
     chosen_by = "user" if spec is not None else "auto"
     spec = IndexSpec.parse(spec) if isinstance(spec, str) else spec or choose_spec(n, d, budget)
@@ -109,10 +116,13 @@ def build_vector_index(
     pool = perm[n_train:] if n - n_train >= min(n_tune_queries, n) else perm
     query_rows = np.sort(pool[: min(n_tune_queries, n - 1 if n > 1 else 1)])
     t1 = time.perf_counter()
+    if truth == "codes":
+        spec.standalone_code_bytes()  # raises for an index without codes
+    truth_xb = DecodedRows(ann, xb) if truth == "codes" else None
     if tuning_queries is None:
-        probe = RecallProbe.create(xb, ids, query_rows, k=k)
+        probe = RecallProbe.create(xb, ids, query_rows, k=k, truth_xb=truth_xb, truth=truth)
     else:
-        probe = RecallProbe.from_queries(xb, ids, tuning_queries, k=k)
+        probe = RecallProbe.from_queries(xb if truth_xb is None else truth_xb, ids, tuning_queries, k=k, truth=truth)
     tuned = tune_search_param(ann, probe, target_recall=target_recall)
     tune_s = time.perf_counter() - t1
     if tuned.target_met and not tuned.certified:
@@ -132,7 +142,7 @@ def build_vector_index(
         build_s=round(build_s, 4), tune_s=round(tune_s, 4), tried={str(v): r for v, r in tuned.tried.items()},
         chosen_by=chosen_by, tuned_on="data" if tuning_queries is None else f"{len(probe.queries)} given queries",
         tune_queries=len(probe.queries), recall_lower=tuned.recall_lower, certified=tuned.certified,
-        predicted={str(v): r for v, r in tuned.predicted.items()},
+        predicted={str(v): r for v, r in tuned.predicted.items()}, truth=truth,
     )
     return ann, info, probe
 
@@ -198,6 +208,7 @@ def build_version(
             target_recall=params["target_recall"], k=params["k"], seed=params["seed"],
             n_tune_queries=params["n_tune_queries"], ngpu=ngpu, kind=kind,
             tuning_queries=(tuning_queries or {}).get(kind),
+            truth="codes" if kind == "region" and layout == "codes" else "exact",
         )
     embed_dim = next(iter(built.values()))[1].dim
     manifest = Manifest(

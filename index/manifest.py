@@ -41,6 +41,9 @@ class IndexInfo:
         recall_lower: the 95 % lower confidence bound of ``measured_recall`` (``index.tuning.recall_lower_bound``).
         certified: whether ``recall_lower >= target_recall`` (else the point estimate decided).
         predicted: recall per grid value computed without searching (IVF,Flat; ``tried`` holds what was searched).
+        truth: what recall is measured against: ``"exact"`` (exact search over the vectors) or ``"codes"``
+            (exact search over the index's own decoded codes: a compressed region index, whose first
+            stage scores the codes, is tuned to find what exhaustive search of its codes finds).
     """
 
     kind: str
@@ -70,6 +73,7 @@ class IndexInfo:
     recall_lower: float = float("nan")
     certified: bool = False
     predicted: dict[str, float] = field(default_factory=dict)
+    truth: str = "exact"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from regionrank.index.ann import AnnIndex
 
 __all__ = [
+    "DecodedRows",
     "RecallProbe",
     "TuneResult",
     "count_hits",
@@ -68,6 +69,32 @@ def exact_knn(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int, *, chunk:
         i = np.where(found, ids[start : start + chunk][np.where(found, local, 0)], -1)
         best_s, best_i = _merge_topk(best_s, best_i, s, i, k)
     return best_s, best_i
+
+
+class DecodedRows:
+    """The rows of ``xb`` as ``codec`` stores them: encoded and decoded again, a chunk at a time when
+    sliced (never the whole decoded matrix at once), for ground truth over a compressed index's codes.
+
+    Args:
+        codec: an :class:`~regionrank.index.ann.AnnIndex` with standalone codes (IVF-PQ).
+        xb: ``float[N, D]`` the original vectors.
+    """
+
+    def __init__(self, codec: AnnIndex, xb: np.ndarray) -> None:
+        self.codec, self.xb = codec, xb
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.xb.shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self.xb.shape[0])
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        x = np.asarray(self.xb[rows], dtype=np.float32)
+        single = x.ndim == 1
+        out = self.codec.decode_standalone(self.codec.encode_standalone(np.atleast_2d(x)))
+        return out[0] if single else out
 
 
 def _merge_topk(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -313,19 +340,25 @@ class RecallProbe:
     found: np.ndarray | None = None
     found_scores: np.ndarray | None = None
     found_value: int | None = None
+    truth: str = "exact"
 
     @classmethod
-    def create(cls, xb: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, *, k: int, depth: int | None = None) -> RecallProbe:
-        """Build a probe from database rows ``query_rows`` of ``xb`` (leave-one-out queries)."""
+    def create(cls, xb: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, *, k: int, depth: int | None = None,
+               truth_xb: Any = None, truth: str = "exact") -> RecallProbe:
+        """Build a probe from database rows ``query_rows`` of ``xb`` (leave-one-out queries).
+
+        ``truth_xb`` (same rows as ``xb``, e.g. a :class:`DecodedRows` view) is what the ground truth is
+        searched in, when it is not ``xb`` itself; ``truth`` names it (``"codes"``)."""
         depth = depth or 3 * k
         queries = np.asarray(xb[query_rows], dtype=np.float32)
         self_ids = np.asarray(ids, dtype=np.int64)[query_rows]
-        scores, found = exact_knn(xb, ids, queries, depth + 1)
+        scores, found = exact_knn(xb if truth_xb is None else truth_xb, ids, queries, depth + 1)
         gt_ids, gt_scores = drop_self(found, scores, self_ids, depth)
-        return cls(queries=queries, self_ids=self_ids, gt_ids=gt_ids, gt_scores=gt_scores, k=k)
+        return cls(queries=queries, self_ids=self_ids, gt_ids=gt_ids, gt_scores=gt_scores, k=k, truth=truth)
 
     @classmethod
-    def from_queries(cls, xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, *, k: int, depth: int | None = None) -> RecallProbe:
+    def from_queries(cls, xb: np.ndarray, ids: np.ndarray, queries: np.ndarray, *, k: int, depth: int | None = None,
+                     truth: str = "exact") -> RecallProbe:
         """Build a probe from external queries (e.g. caption word vectors for a region index: the
         cross-modal queries the index will really serve, ALGORITHMS.md §8)."""
         depth = depth or 3 * k
@@ -333,7 +366,8 @@ class RecallProbe:
         if queries.ndim != 2 or queries.shape[1] != xb.shape[1] or queries.shape[0] == 0:
             raise ValueError(f"tuning queries must have shape (Q > 0, {xb.shape[1]}); got {tuple(queries.shape)}")
         scores, found = exact_knn(xb, ids, queries, depth)
-        return cls(queries=queries, self_ids=np.full(len(queries), -1, np.int64), gt_ids=found, gt_scores=scores, k=k)
+        return cls(queries=queries, self_ids=np.full(len(queries), -1, np.int64), gt_ids=found, gt_scores=scores, k=k,
+                   truth=truth)
 
     @property
     def n_valid(self) -> int:
@@ -370,8 +404,17 @@ class RecallProbe:
     def hits(self, found: np.ndarray, scores: np.ndarray) -> tuple[int, int]:
         """``(true neighbours found, true neighbours)`` over the valid rows, for ``[P, k + 1]`` results."""
         valid = self._valid()
-        got, _ = drop_self(found[valid], scores[valid], self.self_ids[valid], self.k)
-        return count_hits(got, self.gt_ids[valid], self.k), self.k * int(valid.sum())
+        got, got_scores = drop_self(found[valid], scores[valid], self.self_ids[valid], self.k)
+        slots = self.k * int(valid.sum())
+        if self.truth != "codes":
+            return count_hits(got, self.gt_ids[valid], self.k), slots
+        # over codes the index's scores are the truth's scores (up to float sums), and coarse codes tie
+        # exactly: a result scoring at least the k-th true score is a true neighbour whatever its id
+        kth = self.gt_scores[valid][:, self.k - 1 : self.k]
+        tol = 1e-5 * np.maximum(1.0, np.abs(kth))
+        by_id = np.array([np.isin(g[: self.k], t[: self.k]) for g, t in zip(got, self.gt_ids[valid])]).reshape(got.shape[0], -1)
+        ok = (got[:, : self.k] >= 0) & (by_id | (got_scores[:, : self.k] >= kth - tol))
+        return int(ok.sum()), slots
 
     def _recall(self) -> float:
         assert self.found is not None and self.found_scores is not None
@@ -417,7 +460,7 @@ class RecallProbe:
                                                "found_value": -1 if self.found_value is None else self.found_value}
         with open(path, "wb") as f:
             np.savez(f, queries=self.queries, self_ids=self.self_ids, gt_ids=self.gt_ids, gt_scores=self.gt_scores,
-                     k=self.k, **extra)
+                     k=self.k, truth=np.array(self.truth), **extra)
 
     @classmethod
     def load(cls, path: Path) -> RecallProbe:
@@ -426,4 +469,5 @@ class RecallProbe:
                 queries=z["queries"], self_ids=z["self_ids"], gt_ids=z["gt_ids"], gt_scores=z["gt_scores"], k=int(z["k"]),
                 found=z["found"] if "found" in z else None, found_scores=z["found_scores"] if "found_scores" in z else None,
                 found_value=int(z["found_value"]) if "found_value" in z and int(z["found_value"]) >= 0 else None,
+                truth=str(z["truth"]) if "truth" in z else "exact",
             )

@@ -21,7 +21,7 @@ from regionrank.index.manifest import Manifest
 from regionrank.index.regions import RegionSegment
 from regionrank.index.source import MULTI_KIND, Corpus, EmbeddingSource, gather_vectors, open_embedding_source
 from regionrank.index.spec import IndexSpec
-from regionrank.index.tuning import RecallProbe
+from regionrank.index.tuning import DecodedRows, RecallProbe
 from regionrank.index.version import VersionedDir
 
 __all__ = ["add_captions", "add_images", "remove_captions", "remove_images", "update_or_build"]
@@ -123,7 +123,8 @@ def _add_items(
             else:
                 x, ids = vecs.multi_matrix(), idmap.region_ids(int_ids)
             ann.add(x, ids)
-            probes[kind].add(np.asarray(x, dtype=np.float32), ids)
+            truth_x = DecodedRows(ann, x)[:] if probes[kind].truth == "codes" else x  # the probe's own truth
+            probes[kind].add(np.asarray(truth_x, dtype=np.float32), ids)
             changed[kind] = {"added": ids, "added_vectors": x}
         skipped = len(item_ids) - len(new)
         event = f"add {len(vecs.item_ids)}" + (f" ({skipped} already indexed)" if skipped else "")
