@@ -71,11 +71,31 @@ def write_images(ws: Any, scene: Scene, n: int, *, start: int) -> list[str]:
     return ids
 
 
+def _own_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # it ended meanwhile
+        pass
+    return 0.0
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of ``pid`` and all its descendants (a multi-process service's processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _own_rss_mb(p)
+        todo.extend(children.get(p, []))
+    return total
 
 
 def wait_until(pred: Any, timeout: float, what: str) -> Any:
@@ -164,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 2 x cores)")
     p.add_argument("--seconds", type=float, default=None, help="load duration (default 30, quick 8)")
     p.add_argument("--workers", type=int, default=None, help="service query workers (default: its own, the CPU count)")
+    p.add_argument("--processes", type=int, default=None, help="service processes (default: the service's own, 1)")
     p.add_argument("--threads-per-query", type=int, default=None,
                    help="torch/faiss threads of one query (default: the service's own, cores / workers)")
     args = p.parse_args(argv)
@@ -175,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     clients = args.clients or 2 * cores
     seconds = min(args.seconds or (8.0 if args.quick else 30.0), 600.0)
     result: dict[str, Any] = {"n_images": n, "clients": clients, "seconds": seconds, "cores": cores,
-                              "workers": args.workers, "threads_per_query": args.threads_per_query}
+                              "workers": args.workers, "threads_per_query": args.threads_per_query,
+                              "processes": args.processes}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         t = time.perf_counter()
         ws, scene = build_workspace(Path(tmp) / "ws", n)
@@ -185,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cmd += ["--workers", str(args.workers)]
         if args.threads_per_query:
             cmd += ["--threads-per-query", str(args.threads_per_query)]
+        if args.processes:
+            cmd += ["--processes", str(args.processes)]
         log = open(Path(tmp) / "api.log", "wb")
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

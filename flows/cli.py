@@ -185,7 +185,8 @@ def api_cmd(workspace: Optional[Path] = _WS,
             port: int = typer.Option(8765, "--port", help="port (0 = a free one)"),
             token: Optional[str] = typer.Option(None, "--token", envvar="REGIONRANK_API_TOKEN",
                                                 help="API token every request must carry [env REGIONRANK_API_TOKEN]"),
-            workers: Optional[int] = typer.Option(None, "--workers", help="queries answered at once (default: CPU count, at most 8)"),
+            workers: Optional[int] = typer.Option(None, "--workers", help="queries one process answers at once (default: CPU count / processes, at most 8)"),
+            processes: int = typer.Option(1, "--processes", help="service processes sharing the port: queries on more cores than one Python process uses"),
             threads_per_query: Optional[int] = typer.Option(None, "--threads-per-query",
                                                             help="torch/faiss threads of one query (default: cores / workers, at least 1)"),
             cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeatable)"),
@@ -201,7 +202,7 @@ def api_cmd(workspace: Optional[Path] = _WS,
 
     ws = _workspace(workspace)
     try:
-        run_api(ws, host=host, port=port, token=token, workers=workers, threads_per_query=threads_per_query, poll_interval=poll,
+        run_api(ws, host=host, port=port, token=token, workers=workers, threads_per_query=threads_per_query, processes=processes, poll_interval=poll,
                 cors_origins=tuple(cors_origin), search=SearchConfig(rerank_k=rerank_k, fusion=fusion),
                 prefect_ui_url=prefect_ui, prefect_api_url=prefect_api, wait_for_index=wait_for_index,
                 on_listening=lambda url: console.print(f"regionrank search service for {ws.root} at {url}/ (Ctrl-C stops it)"))

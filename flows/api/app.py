@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,7 @@ def create_app(engine: SearchEngine, settings: ApiSettings | None = None, *,
     @app.get("/info")
     def info() -> dict[str, Any]:
         st = engine.state
-        return {"index_version": st.version, "images": st.n_images, "ready": st.ready,
+        return {"index_version": st.version, "images": st.n_images, "ready": st.ready, "pid": os.getpid(),
                 "prefect_ui": settings.prefect_ui_url, "prefect_run": _latest_run_url(settings, st.version),
                 "limits": limits.__dict__, "defaults": settings.search.model_dump()}
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +76,67 @@ def limit_query_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything one service process needs to build its application: picklable, so that with
+    ``processes > 1`` each spawned process builds its own from it (the token travels in the pickle,
+    never in the environment)."""
+
+    root: Path
+    token: str | None = None
+    workers: int = 1
+    threads_per_query: int = 1
+    queue_limit: int = 64
+    poll_interval: float = 0.5
+    cors_origins: tuple[str, ...] = ()
+    search: Any = None
+    prefect_ui_url: str | None = None
+    prefect_api_url: str | None = None
+
+    def build(self, on_shutdown: Any = None) -> tuple[Any, Any]:
+        """``(app, engine)``: the engine is not started."""
+        from regionrank.flows.api.app import ApiSettings, create_app
+        from regionrank.flows.api.backend import OpenedVersion, current_version
+        from regionrank.flows.api.engine import SearchEngine
+        from regionrank.flows.config import SearchConfig, Workspace
+
+        ws = Workspace(root=self.root)
+        default = self.search or SearchConfig()
+        engine = SearchEngine(lambda: OpenedVersion(ws, default), lambda: current_version(ws.index_dir),
+                              workers=self.workers, queue_limit=self.queue_limit, poll_interval=self.poll_interval,
+                              worker_init=functools.partial(limit_query_threads, self.threads_per_query))
+
+        def shutdown() -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            engine.stop()
+
+        app = create_app(engine, ApiSettings(token=self.token, cors_origins=self.cors_origins, search=default,
+                                             prefect_ui_url=self.prefect_ui_url, prefect_api_url=self.prefect_api_url),
+                         on_shutdown=shutdown)
+        return app, engine
+
+
+@dataclass(frozen=True)
+class _ProcessApp:
+    """The application factory each process of a multi-process service calls (uvicorn ``factory=True``):
+    it loads and warms the index before returning, so a process accepts no connection before it can
+    answer (the others take them meanwhile)."""
+
+    spec: ServiceSpec
+    ready_timeout: float = 600.0
+
+    def __call__(self) -> Any:
+        app, engine = self.spec.build()
+        engine.start()
+        if not engine.wait_ready(self.ready_timeout):
+            log.error("service process %d is not ready: %s", os.getpid(), engine.state.load_error or "no index yet")
+        return app
+
+
 def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-            workers: int | None = None, threads_per_query: int | None = None, queue_limit: int = 64, poll_interval: float = 0.5,
+            workers: int | None = None, threads_per_query: int | None = None, processes: int = 1,
+            queue_limit: int = 64, poll_interval: float = 0.5,
             cors_origins: tuple[str, ...] = (), search: SearchConfig | None = None,
             prefect_ui_url: str | None = None, prefect_api_url: str | None = None,
             on_listening: Any = None, wait_for_index: bool = False) -> None:
@@ -86,9 +146,15 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
         ws: the workspace (its index must be published).
         host / port: where to listen (``port=0``: a free port); a non-loopback ``host`` needs ``token``.
         token: the API token every request must carry, or ``None``.
-        workers: queries answered at once (default: the CPU count, at most 8).
+        workers: queries answered at once by one process (default: the CPU count over ``processes``,
+            at most 8).
         threads_per_query: torch/faiss threads of one query (default :func:`query_threads`: the cores
-            shared out between the workers, so 1 with the default workers).
+            shared out between the queries answered at once, so 1 with the default workers).
+        processes: service processes sharing the socket. Python runs one thread's bytecode at a time,
+            and a query spends much of its time in the interpreter (tokenising, the first stage's
+            bookkeeping, building hits): threads in one process do not add up to the cores, processes
+            do. Each loads its own models and follows new index versions by itself; ``/metrics`` and
+            ``/info`` describe the process that answers them.
         queue_limit: queries that may wait for a worker before the service answers 503.
         poll_interval: seconds between two looks at the index's ``CURRENT`` pointer.
         cors_origins: origins allowed to call the API from a browser (none by default).
@@ -98,36 +164,26 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
         wait_for_index: start even when nothing is published yet (not ready until the first version).
 
     Raises:
-        ValueError: a non-loopback host without a token, or no index in the workspace.
+        ValueError: a non-loopback host without a token, no index in the workspace, or a count below 1.
     """
     import uvicorn
 
-    from regionrank.flows.api.app import ApiSettings, create_app
-    from regionrank.flows.api.backend import OpenedVersion, current_version
-    from regionrank.flows.api.engine import SearchEngine
+    from regionrank.flows.api.backend import current_version
 
     if not is_loopback(host) and not token:
         raise ValueError(f"binding {host} exposes the service beyond this machine: pass --token TOKEN "
                          f"(or set {TOKEN_ENV}), or bind 127.0.0.1")
     if not wait_for_index and not current_version(ws.index_dir):
         raise ValueError(f"no index is published in {ws.index_dir}: run `regionrank index DIR -w {ws.root}` first")
-    from regionrank.flows.config import SearchConfig
-
-    default = search or SearchConfig()
-    workers = workers or min(8, os.cpu_count() or 1)
-    if threads_per_query is not None and threads_per_query < 1:
-        raise ValueError(f"threads per query must be >= 1, got {threads_per_query}")
-    threads = threads_per_query or query_threads(workers)
-    engine = SearchEngine(lambda: OpenedVersion(ws, default), lambda: current_version(ws.index_dir),
-                          workers=workers, queue_limit=queue_limit, poll_interval=poll_interval,
-                          worker_init=functools.partial(limit_query_threads, threads))
-    def shutdown() -> None:
-        _remove_service_file(ws)
-        engine.stop()
-
-    app = create_app(engine, ApiSettings(token=token, cors_origins=cors_origins, search=default,
-                                         prefect_ui_url=prefect_ui_url, prefect_api_url=prefect_api_url),
-                     on_shutdown=shutdown)
+    for name, value in (("processes", processes), ("workers", workers), ("threads per query", threads_per_query)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    cpus = os.cpu_count() or 1
+    workers = workers or max(1, min(8, cpus // processes))
+    spec = ServiceSpec(root=ws.root, token=token, workers=workers,
+                       threads_per_query=threads_per_query or query_threads(workers * processes, cpus),
+                       queue_limit=queue_limit, poll_interval=poll_interval, cors_origins=cors_origins, search=search,
+                       prefect_ui_url=prefect_ui_url, prefect_api_url=prefect_api_url)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,15 +192,31 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
     bound = sock.getsockname()[1]
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{url_host}:{bound}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
-    engine.start()  # loads and warms the index in the background; /readyz says when
+    common = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
+    if processes == 1:
+        app, engine = spec.build(on_shutdown=lambda: _remove_service_file(ws))
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        engine.start()  # loads and warms the index in the background; /readyz says when
+        write_service_file(ws, url, token_required=token is not None)
+        if on_listening is not None:
+            on_listening(url)
+        try:
+            server.run(sockets=[sock])
+        finally:  # reached on a start-up failure; a signal ends the process after the app's shutdown
+            _remove_service_file(ws)
+            engine.stop()
+            sock.close()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(_ProcessApp(spec), factory=True, workers=processes, **common)
     write_service_file(ws, url, token_required=token is not None)
     if on_listening is not None:
         on_listening(url)
     try:
-        server.run(sockets=[sock])
-    finally:  # reached on a start-up failure; a signal ends the process after ``shutdown``
-        shutdown()
+        Multiprocess(config, sockets=[sock]).run()  # SIGINT/SIGTERM stop every process, then return here
+    finally:
+        _remove_service_file(ws)
         sock.close()
 
 

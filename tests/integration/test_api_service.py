@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,61 @@ def test_search_cli_and_a_hot_reindex(service: dict[str, Any]) -> None:
     metrics = _get(f"{url}/metrics")[1].decode()
     assert "regionrank_index_version 2" in metrics and "regionrank_index_switches_total 1" in metrics
     assert "regionrank_index_images 6" in metrics
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_a_multi_process_service_shares_the_port_and_follows_reindex(tmp_path: Path) -> None:
+    """`regionrank api --processes 2`: both processes answer on one port, each switches to the new version,
+    and SIGTERM to the parent alone stops them all and removes the service file."""
+    pytest.importorskip("cv2", reason="the demo extra (opencv + pretrained SSD) is not installed")
+    batch1, batch2 = tmp_path / "b1", tmp_path / "b2"
+    for folder, photos in ((batch1, ("astronaut", "chelsea")), (batch2, ("coffee",))):
+        folder.mkdir()
+        for p in photos:
+            shutil.copy(PHOTOS / f"{p}.jpg", folder)
+    ws = tmp_path / "ws"
+    _index(ws, batch1, incremental=False)
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen([*CLI, "api", "-w", str(ws), "--port", "0", "--poll", "0.2", "--processes", "2"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pids: dict[int, int] = {}  # pid -> index version it last reported
+    try:
+        url = wait_for(lambda: (ws / "api.json").is_file() and json.loads((ws / "api.json").read_text())["url"],
+                       timeout=240, what="the service file")
+
+        def ask_info() -> int:
+            status, body = _get(f"{url}/info", 60)
+            if status == 200:
+                info = json.loads(body)
+                if info["ready"]:
+                    pids[info["pid"]] = info["index_version"]
+            return len(pids)
+
+        # both processes take connections from the one socket; each only once it has loaded and warmed
+        wait_for(lambda: proc.poll() is not None or ask_info() >= 2, timeout=240, what="two service processes")
+        assert proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+        assert len(pids) == 2 and set(pids.values()) == {1} and proc.pid not in pids
+        _index(ws, batch2, incremental=True)
+        wait_for(lambda: ask_info() and all(v == 2 for v in pids.values()) and len(pids) == 2, timeout=240,
+                 what="both processes on version 2")
+        res = _json(f"{url}/search?q=" + urllib.parse.quote("a cup of coffee") + "&k=1")
+        assert res["index_version"] == 2 and Path(res["hits"][0]["uri"]).name == "coffee.jpg"
+        os.kill(proc.pid, signal.SIGTERM)  # the parent only: it stops its processes
+        proc.wait(timeout=60)
+        wait_for(lambda: not any(_alive(p) for p in pids), timeout=60, what="the service processes to end")
+        assert not (ws / "api.json").exists(), "the service left its file behind"
+    finally:
+        if proc.poll() is None:
+            stop_process_group(proc)
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        log.close()

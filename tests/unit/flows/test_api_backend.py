@@ -114,3 +114,30 @@ def test_worker_init_runs_in_every_query_thread_and_where_versions_open() -> Non
     assert "regionrank-index-watch" in inits
     assert any(name.startswith("regionrank-query") for name in inits)
     assert all(inits.count(name) == 1 for name in inits)  # once per thread
+
+
+def test_each_service_process_builds_its_app_from_a_picklable_spec(tmp_path: Path) -> None:
+    import pickle
+
+    from regionrank.flows.api.service import ServiceSpec, _ProcessApp
+    from regionrank.flows.config import SearchConfig
+
+    spec = ServiceSpec(root=tmp_path, token="s3cret", workers=1, threads_per_query=1,
+                       search=SearchConfig(rerank_k=0, fusion="mrsw"), cors_origins=("http://x",))
+    again = pickle.loads(pickle.dumps(_ProcessApp(spec)))  # what a spawned process receives
+    assert again.spec == spec and again.spec.search.params.rerank_k == 0
+    app, engine = again.spec.build()
+    try:
+        assert app.state.settings.token == "s3cret" and app.state.engine is engine and engine.workers == 1
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [({"processes": 0}, "processes"), ({"workers": 0}, "workers"),
+                                               ({"threads_per_query": 0}, "threads per query")])
+def test_run_api_refuses_counts_below_one(tmp_path: Path, kwargs: dict, named: str) -> None:
+    from regionrank.flows.api.service import run_api
+    from regionrank.flows.config import Workspace
+
+    with pytest.raises(ValueError, match=f"{named} must be >= 1, got 0"):
+        run_api(Workspace(root=tmp_path), wait_for_index=True, **kwargs)
