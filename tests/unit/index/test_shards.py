@@ -267,3 +267,32 @@ def test_sharded_build_refuses_a_source_that_is_not_a_store(tmp_path: Path, stor
 
     with pytest.raises(TypeError, match="has no read_rows"):
         index.build_indexes(Listed(), tmp_path / "idx", executor=map)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_dask_local_cluster_build_and_reindex(tmp_path: Path, processes: bool) -> None:
+    distributed = pytest.importorskip("distributed")
+    records = Scene(seed=3).images(400)
+    st = write_store(tmp_path / "emb", records[:300])
+    one = index.build_indexes(st, tmp_path / "one", specs={"region": "IVF16,Flat"}, n_tune_queries=60)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        m1 = index.update_or_build(tmp_path / "idx", st, None, executor=client, shard_vectors=400,
+                                   specs={"region": "IVF16,Flat"}, n_tune_queries=60)
+        ran_on = client.run(lambda: __import__("sys").modules.get("regionrank.index.shards") is not None)
+        with st.writer(encoder="synthetic", encoder_hash="0", embed_dim=records[0].embed_dim) as w:
+            for rec in records[300:]:  # a new batch arrives in the store
+                w.write(rec)
+        m2 = index.update_or_build(tmp_path / "idx", st, [r.image_id for r in records[250:]], executor=client)
+    assert m1.sharded["tasks"] > 2 and m1.sharded["worker_peak_rss_bytes"] > 0 and m1.sharded["task_bytes_bound"] > 0
+    if processes:
+        assert all(ran_on.values()), "the shard tasks should have run in both worker processes"
+    ha, hb = index.open_index(tmp_path / "one"), index.open_index(tmp_path / "idx", 1)
+    assert one.n_items == m1.n_items == 300
+    for kind in ("global", "region"):
+        assert (ha.path / f"{kind}.faiss").read_bytes() == (hb.path / f"{kind}.faiss").read_bytes()
+    assert m2.version == 2 and m2.n_items == 400 and m2.history == ["build", "add 100 (50 already indexed)"]
+    assert index.verify_version(tmp_path / "idx", thorough=True) == []
+    h = index.open_index(tmp_path / "idx")
+    _, img, _ = h.search_multi(np.asarray(records[399].region_embeddings, np.float32), 1)
+    assert {h.idmap.image_id(i) for i in img[:, 0]} == {records[399].image_id}
