@@ -112,8 +112,9 @@ class Manifest:
             boxes), and ``"search"``, what the search reads for every query's candidates: the indexes plus
             the codes (compressed layout) or the float16 matrix (float16 layout). Empty for captions.
         sharded: how a sharded build ran (``index.shards``): ``tasks``, ``shard_vectors``, ``merge``, the
-            largest ``task_bytes_bound`` (the formula of :func:`index.shards.shard_task_bytes`) and the largest
-            ``worker_peak_rss_bytes`` measured; empty for a build in one process.
+            largest ``task_bytes_bound`` (the formula of :func:`index.shards.shard_task_bytes`), the largest
+            ``worker_peak_rss_bytes`` measured, and the wall ``seconds`` of its phases (``sample``, ``train``,
+            ``add``, ``merge``; ``build_s`` of its indexes is their sum); empty for a build in one process.
     """
 
     version: int

@@ -410,12 +410,14 @@ def build_version_sharded(
         work.mkdir()
         if corpus == "images":
             (tmp / REGIONS_DIR).mkdir()
-        _sample_and_train(run, root, corpus, slices, plans, params["seed"], check_ngpu(ngpu), work)
+        sample_s, train_s = _sample_and_train(run, root, corpus, slices, plans, params["seed"], check_ngpu(ngpu), work)
+        t_add = time.perf_counter()
         jobs = [_AddJob(root=root, corpus=corpus, slice=sl, work_dir=str(work), version_dir=str(tmp),
                         specs={kd: str(p.spec) for kd, p in plans.items()}, dim=d,
                         depth={kd: p.depth(k) for kd, p in plans.items()},
                         codes=layout == "codes") for sl in slices]
         results = run(_add_task, jobs)
+        t_merge = time.perf_counter()
         for kind, p in plans.items():
             assert p.ann is not None
             for r in results:
@@ -444,7 +446,9 @@ def build_version_sharded(
             sharded={"tasks": len(slices), "shard_vectors": int(params.get("shard_vectors", DEFAULT_SHARD_VECTORS)),
                      "merge": "faiss merge_from (IVF), append (Flat), re-add (HNSW)", "task_bytes_bound": bound,
                      "worker_peak_rss_bytes": max(r.peak_rss_bytes for r in results),
-                     "task_seconds_max": round(max(r.seconds for r in results), 4)},
+                     "task_seconds_max": round(max(r.seconds for r in results), 4),
+                     "seconds": {"sample": round(sample_s, 4), "train": round(train_s, 4),
+                                 "add": round(t_merge - t_add, 4), "merge": round(build_s - (t_merge - t0), 4)}},
         )
         write_version(vd, tmp, manifest, {kd: p.ann for kd, p in plans.items()}, probes, idmap)  # type: ignore[misc]
     logger.info("sharded build of %s: %d tasks, %.2f s", vd.root, len(slices), build_s)
@@ -452,9 +456,10 @@ def build_version_sharded(
 
 
 def _sample_and_train(run: ShardMap, root: str, corpus: Corpus, slices: Iterable[ShardSlice], plans: dict[str, _KindPlan],
-                      seed: int, ngpu: int, work: Path) -> None:
+                      seed: int, ngpu: int, work: Path) -> tuple[float, float]:
     """Pass 1 and the training: gather the sampled rows from the slices, train each index once, and leave
-    the trained empty index and the probe queries in ``work`` for the add tasks."""
+    the trained empty index and the probe queries in ``work`` for the add tasks. Returns the seconds of
+    the sampling pass and of the training."""
     slices = list(slices)
     wanted = {kind: np.union1d(p.train_rows, p.query_rows if p.given_queries is None else np.zeros(0, np.int64))
               for kind, p in plans.items()}
@@ -466,7 +471,9 @@ def _sample_and_train(run: ShardMap, root: str, corpus: Corpus, slices: Iterable
                            else (sl.first_row, sl.first_row + sl.n_vectors))
             rows[kind] = _rows_in(wanted[kind], start, stop)
         jobs.append(_SampleJob(root=root, corpus=corpus, slice=sl, rows=rows))
+    t0 = time.perf_counter()
     sampled = run(_sample_task, jobs)
+    t1 = time.perf_counter()
     for kind, p in plans.items():
         x = np.concatenate([s[kind][0] for s in sampled]) if sampled else np.zeros((0, 0), np.float32)
         got = np.concatenate([s[kind][1] for s in sampled]) if sampled else np.zeros(0, np.int64)
@@ -483,6 +490,7 @@ def _sample_and_train(run: ShardMap, root: str, corpus: Corpus, slices: Iterable
         else:
             p.queries = p.given_queries
         np.save(work / f"{kind}.queries.npy", p.queries)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def _probe(p: _KindPlan, k: int) -> RecallProbe:
