@@ -10,8 +10,13 @@ region matrix only for the re-ranked candidates. Build and search each run in a 
 so each peak RSS is its own. The reference is exhaustive exact MrSw + SCAN (``index.exhaustive_search``,
 float32, the same fusion) over every image, streamed from the store in chunks, all queries per chunk.
 
-Not measured yet (issue 15's later parts): the build with 2 Dask workers (``build_s_2workers`` is null with
-the reason), the index build itself still gathers every region vector as float16 in one process.
+The build is sharded (``index.shards``): a Dask ``LocalCluster`` of 1, then of 2 worker processes (one thread
+each) runs the shard tasks, each reading at most ``--shard-vectors`` region vectors of the store; the build
+process trains the quantiser once, merges the shards and tunes. ``build_s_1worker`` / ``build_s_2workers``
+time ``index.build_indexes`` (the cluster is started before the clock); ``peak_rss_gib_workers`` is each
+worker process's peak RSS (interpreter and libraries included), ``task_bytes_bound`` the formula of
+``index.shards.shard_task_bytes`` for the largest slice. The two builds give the same index (the
+sharded build equals the one-process build, ``tests/unit/index/test_shards.py``); the 1-worker one is searched.
 
     python -m bench.scale [--quick] [--json] [--n 1000000] [--dim 256] [--queries 30] [--bytes-per-region 48]
     python -m bench.scale --n 5000 --dim 64 --compare float16 --compare OPQ8_64,IVF256,PQ8   # layouts side by side
@@ -39,7 +44,6 @@ from regionrank import index
 from regionrank.storage import ImageEmbeddingStore
 
 _PHASE_PREFIX = "PHASE-RESULT "
-_NO_DASK = "sharded indexes on Dask are not built yet (issue 15, second part): no 2-worker build to time"
 
 
 def peak_rss_gib() -> float:
@@ -80,15 +84,22 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
         kw = {"region_layout": "float16"}
     elif args.layout != "auto":  # a given PQ region index and its codes
         kw = {"region_layout": "codes", "specs": {"region": args.layout}}
-    t0 = time.perf_counter()
-    manifest = index.build_indexes(store, Path(args.workdir) / args.index_name, tuning_queries={"region": tune_words},
-                                   **kw)
-    build_s = time.perf_counter() - t0
+    kw["shard_vectors"] = args.shard_vectors
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.wait_for_workers(args.workers)
+        t0 = time.perf_counter()
+        manifest = index.build_indexes(store, Path(args.workdir) / args.index_name,
+                                       tuning_queries={"region": tune_words}, executor=client, **kw)
+        build_s = time.perf_counter() - t0
+        workers_rss = sorted(client.run(peak_rss_gib).values())
     return {"build_s": build_s, "memory_budget": kw.get("memory_budget"), "region_layout": manifest.region_layout,
             "bytes_per_region_parts": manifest.bytes_per_region,
             "indexes": {k: {"spec": v.spec, "search_value": v.search_value, "recall": v.measured_recall}
                         for k, v in manifest.indexes.items()},
-            "peak_rss_gib": peak_rss_gib()}
+            "peak_rss_gib": peak_rss_gib(), "peak_rss_gib_workers": workers_rss, "sharded": manifest.sharded}
 
 
 def phase_search(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,7 +152,7 @@ def run_phase(args: argparse.Namespace, phase: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--phase", phase, "--workdir", args.workdir, "--n", str(args.n),
            "--dim", str(args.dim), "--queries", str(args.queries), "--bytes-per-region", str(args.bytes_per_region),
            "--n-regions", str(args.n_regions), "--concepts", str(args.concepts or 0), "--layout", args.layout,
-           "--index-name", args.index_name]
+           "--index-name", args.index_name, "--workers", str(args.workers), "--shard-vectors", str(args.shard_vectors)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=os.getcwd())
     if proc.returncode != 0:
         raise RuntimeError(f"bench.scale phase {phase} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -163,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compare", action="append", default=None, metavar="LAYOUT",
                    help="also measure this layout against the same reference (repeatable): 'float16' (uncompressed, "
                         "default budget) or a PQ region index key such as 'OPQ16_64,IVF1024,PQ16' (its codes)")
+    p.add_argument("--shard-vectors", type=int, default=1 << 18,
+                   help="region vectors one shard task of the build reads at most (its memory)")
     p.add_argument("--phase", choices=["build", "search"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--layout", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--index-name", default="idx", help=argparse.SUPPRESS)
     p.add_argument("--n-regions", type=int, default=0, help=argparse.SUPPRESS)
@@ -183,8 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
         write_s = time.perf_counter() - t0
         print(f"store written: {args.n} images, {args.n_regions} regions in {write_s:.1f} s", flush=True)
         build = run_phase(args, "build")
-        print(f"built in {build['build_s']:.1f} s: {build['region_layout']} {build['indexes']} "
-              f"{build['bytes_per_region_parts']} B/region, peak RSS {build['peak_rss_gib']:.2f} GiB", flush=True)
+        print(f"built in {build['build_s']:.1f} s (1 worker): {build['region_layout']} {build['indexes']} "
+              f"{build['bytes_per_region_parts']} B/region, peak RSS {build['peak_rss_gib']:.2f} GiB, "
+              f"worker {build['peak_rss_gib_workers']} GiB", flush=True)
+        args.workers, args.index_name = 2, "idx-2workers"
+        build2 = run_phase(args, "build")
+        print(f"built in {build2['build_s']:.1f} s (2 workers), workers' peak RSS {build2['peak_rss_gib_workers']} GiB; "
+              f"phases (s) 1 worker {build['sharded'].get('seconds')}, 2 workers {build2['sharded'].get('seconds')}",
+              flush=True)
+        args.workers, args.index_name = 1, "idx"
         search = run_phase(args, "search")
         lat_ms = np.asarray(search["latency_s"]) * 1e3
         print(f"searched: p50 {np.percentile(lat_ms, 50):.1f} ms, p90 {np.percentile(lat_ms, 90):.1f} ms, "
@@ -212,7 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
         "region_layout": build["region_layout"], "indexes": build["indexes"], "memory_budget": build["memory_budget"],
         "top10_agreement": float(np.mean(agree)), "min_query_agreement": float(np.min(agree)),
         "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p90": float(np.percentile(lat, 90)),
-        "build_s_1worker": build["build_s"], "build_s_2workers": None, "build_s_2workers_reason": _NO_DASK,
+        "build_s_1worker": build["build_s"], "build_s_2workers": build2["build_s"],
+        "peak_rss_gib_workers_1worker": build["peak_rss_gib_workers"],
+        "peak_rss_gib_workers_2workers": build2["peak_rss_gib_workers"],
+        "task_bytes_bound": build["sharded"].get("task_bytes_bound"), "shard_tasks": build["sharded"].get("tasks"),
+        "build_phase_s_1worker": build["sharded"].get("seconds"), "build_phase_s_2workers": build2["sharded"].get("seconds"),
+        "shard_vectors": args.shard_vectors,
         "peak_rss_gib": max(build["peak_rss_gib"], search["peak_rss_gib"]),
         "peak_rss_gib_build": build["peak_rss_gib"], "peak_rss_gib_search": search["peak_rss_gib"],
         "certificates": {c: certs.count(c) for c in sorted(set(certs))},
@@ -224,8 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.n} images ({args.n_regions} regions) x {args.dim}-d; layout {result['region_layout']} under "
           f"{args.bytes_per_region:g} B/region; indexes {result['indexes']}")
     print(f"bytes per region (search: indexes + re-scoring data) {result['bytes_per_region']}; parts {parts}")
-    print(f"build {result['build_s_1worker']:.1f} s (1 process; 2 workers: {_NO_DASK}); peak RSS build "
-          f"{result['peak_rss_gib_build']:.2f} GiB, search {result['peak_rss_gib_search']:.2f} GiB")
+    print(f"build {result['build_s_1worker']:.1f} s with 1 worker, {result['build_s_2workers']:.1f} s with 2 "
+          f"({result['shard_tasks']} shard tasks of <= {args.shard_vectors} vectors, bound "
+          f"{result['task_bytes_bound'] / 2**30:.3f} GiB of arrays a task); peak RSS build process "
+          f"{result['peak_rss_gib_build']:.2f} GiB, workers {result['peak_rss_gib_workers_2workers']} GiB, "
+          f"search {result['peak_rss_gib_search']:.2f} GiB")
     print(f"top-10 agreement with exhaustive float32 TERAN+SCAN {result['top10_agreement']:.4f} "
           f"(worst query {result['min_query_agreement']:.1f}); latency p50 {result['latency_ms_p50']:.1f} ms, "
           f"p90 {result['latency_ms_p90']:.1f} ms; certificates {result['certificates']}, "

@@ -28,9 +28,11 @@ def index_report_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @flow(name="build-index")
-def build_index_flow(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None = None, rebuild: bool = False) -> dict[str, Any]:
+def build_index_flow(ws: Workspace, cfg: IndexConfig, image_ids: list[str] | None = None, rebuild: bool = False,
+                     dask_address: str | None = None) -> dict[str, Any]:
     """Add ``image_ids`` to the current index version incrementally, or (``rebuild``, no ``image_ids``, or no
-    version yet) build a new version from every stored embedding."""
-    manifest = update_index_task(ws, image_ids, cfg, rebuild=rebuild)
+    version yet) build a new version from every stored embedding; with ``dask_address`` (``--dask``) a build
+    runs as shard tasks on that Dask cluster (the task holds the client; the library takes it as its executor)."""
+    manifest = update_index_task(ws, image_ids, cfg, rebuild=rebuild, dask_address=dask_address)
     monitoring.table("index-stats", index_report_rows(manifest), f"index version {manifest.get('version')}")
     return manifest

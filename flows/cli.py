@@ -110,7 +110,7 @@ _DETW = typer.Option(None, "--detector-weights", help="local detector weights fi
 _ENC = typer.Option(None, "--encoder", help="'grounded' (zero-shot) or 'teran' (trained checkpoint)")
 _CKPT = typer.Option(None, "--checkpoint", help="TERAN checkpoint folder [env REGIONRANK_ENCODER_CHECKPOINT]")
 _DEV = typer.Option(None, "--device", help="auto | cpu | cuda[:N]")
-_DASK = typer.Option(None, "--dask", help="Dask scheduler address: run mapped stages on that cluster")
+_DASK = typer.Option(None, "--dask", help="Dask scheduler address: run the mapped stages, and an index build as shard tasks, on that cluster")
 _NOORCH = typer.Option(False, "--no-orchestrator", help="run the stages as plain library calls, without Prefect")
 _LOCKT = typer.Option(0.0, "--wait", help="seconds to wait if another run holds the workspace")
 _BOXES = typer.Option(None, "--boxes", help="JSON lines of given boxes, one image a line: its path or id and its boxes "

@@ -80,7 +80,7 @@ def _run_direct(cfg: PipelineConfig, *, rebuild: bool, progress: Callable[[str, 
         ids = ext["image_ids"]
         enc = stages.sum_encode_reports(ids, [stages.encode_regions(ids, ws, cfg.encode, cfg.extract.detector,
                                                                     stage_progress("encode"))])
-        manifest = stages.update_index(ws, ids, cfg.index, rebuild=rebuild)
+        manifest = stages.update_index(ws, ids, cfg.index, rebuild=rebuild, dask_address=cfg.dask_address)
     return stages.pipeline_report(images, ext, enc, manifest, time.perf_counter() - t0, is_random_init(cfg.extract, cfg.encode))
 
 

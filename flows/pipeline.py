@@ -52,7 +52,8 @@ def _run_stages(cfg: PipelineConfig, *, rebuild: bool) -> dict[str, Any]:
         save_workspace_config(ws, cfg.extract, cfg.encode, cfg.index)
         ext = _with_runner(extract_regions_flow, cfg.dask_address)(images, ws, cfg.extract)
         enc = _with_runner(encode_flow, cfg.dask_address)(ws, cfg.encode, cfg.extract.detector, ext["image_ids"])
-        manifest = build_index_flow(ws, cfg.index, image_ids=ext["image_ids"], rebuild=rebuild)
+        manifest = build_index_flow(ws, cfg.index, image_ids=ext["image_ids"], rebuild=rebuild,
+                                    dask_address=cfg.dask_address)
     wall = time.perf_counter() - t0
     notes = is_random_init(cfg.extract, cfg.encode)
     for n in notes:

@@ -17,8 +17,9 @@ chunk reads it again (a path travels, not the boxes) and describes its images fr
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from regionrank.flows.config import EncodeConfig, ExtractConfig, IndexConfig, Workspace
 
@@ -26,6 +27,7 @@ __all__ = [
     "PIPELINE_STAGES",
     "check_given_boxes",
     "check_given_boxes_matched",
+    "dask_client",
     "encode_regions",
     "expand_inputs",
     "extract_regions",
@@ -124,19 +126,42 @@ def encode_regions(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, detec
     return {"images": len(image_ids), "encoded": rep.written, "skipped": rep.skipped_existing, "seconds": round(rep.seconds, 3)}
 
 
-def update_index(ws: Workspace, image_ids: list[str] | None, cfg: IndexConfig, *, rebuild: bool = False) -> dict[str, Any]:
+def update_index(ws: Workspace, image_ids: list[str] | None, cfg: IndexConfig, *, rebuild: bool = False,
+                 dask_address: str | None = None) -> dict[str, Any]:
     """Add ``image_ids`` to the current index version, or build a new one from every stored embedding
-    (``rebuild``, ``image_ids=None`` or no version yet): :func:`regionrank.index.update_or_build`."""
+    (``rebuild``, ``image_ids=None`` or no version yet): :func:`regionrank.index.update_or_build`. With
+    ``dask_address`` a build is sharded over that Dask cluster's workers (``regionrank.index.shards``), which
+    must reach the workspace by the same path."""
     import json
 
     from regionrank.flows.device import resolve_faiss_gpus
     from regionrank.index import update_or_build
 
-    manifest = update_or_build(ws.index_dir, ws.image_embeddings, image_ids, rebuild=rebuild,
-                               ngpu=resolve_faiss_gpus(cfg.ngpu), kind=cfg.kinds, memory_budget=cfg.memory_budget,
-                               target_recall=cfg.target_recall, seed=cfg.seed)
+    with dask_client(dask_address) as client:
+        manifest = update_or_build(ws.index_dir, ws.image_embeddings, image_ids, rebuild=rebuild,
+                                   ngpu=resolve_faiss_gpus(cfg.ngpu), kind=cfg.kinds, memory_budget=cfg.memory_budget,
+                                   target_recall=cfg.target_recall, seed=cfg.seed, executor=client)
     result: dict[str, Any] = json.loads(manifest.to_json())
     return result
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None) -> Iterator[Any]:
+    """A ``distributed.Client`` on the scheduler at ``address`` for the block (closed after; the cluster
+    stays up), or ``None`` without an address.
+
+    Raises:
+        RuntimeError: ``distributed`` is not installed.
+    """
+    if not address:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise RuntimeError(f"--dask {address} needs dask.distributed: pip install distributed") from exc
+    with Client(address, set_as_default=False, timeout=60) as client:
+        yield client
 
 
 PIPELINE_STAGES = (expand_inputs, extract_regions, encode_regions, update_index)

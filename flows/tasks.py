@@ -61,9 +61,11 @@ def encode_shard_task(image_ids: list[str], ws: Workspace, cfg: EncodeConfig, de
 
 
 @task(name="update-index", **_RETRY)
-def update_index_task(ws: Workspace, image_ids: list[str] | None, cfg: IndexConfig, rebuild: bool = False) -> dict[str, Any]:
-    """Add images to the current index version, or build a new one (:func:`stages.update_index`)."""
-    return stages.update_index(ws, image_ids, cfg, rebuild=rebuild)
+def update_index_task(ws: Workspace, image_ids: list[str] | None, cfg: IndexConfig, rebuild: bool = False,
+                      dask_address: str | None = None) -> dict[str, Any]:
+    """Add images to the current index version, or build a new one, sharded over the Dask cluster at
+    ``dask_address`` if given (:func:`stages.update_index`)."""
+    return stages.update_index(ws, image_ids, cfg, rebuild=rebuild, dask_address=dask_address)
 
 
 def ensure_device_limit(slots: int = 1) -> None:

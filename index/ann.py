@@ -141,6 +141,49 @@ class AnnIndex:
             self.tombstones = np.setdiff1d(self.tombstones, ids)
             self._selector = None
 
+    def merge_shard(self, path: Path) -> int:
+        """Append the vectors of a shard file written from an empty copy of this index (same trained
+        quantiser and codec; ids disjoint from this index's); returns how many were appended.
+
+        IVF: the shard's inverted lists are appended list by list (faiss ``merge_from``, no re-encoding),
+        so merging shards in order gives the lists, and the search results, of adding their vectors in
+        that order. Flat: the shard's vectors and ids are appended. HNSW: a graph cannot be merged; the
+        shard (a Flat index of the same vectors) is re-added, so the graph is built here.
+        """
+        faiss = import_faiss()
+        other = faiss.read_index(str(path))
+        n = int(other.ntotal)
+        if self.spec.family == "ivf":
+            ivf = faiss.extract_index_ivf(self._cpu)
+            ivf.merge_from(faiss.extract_index_ivf(other), 0)
+            self._cpu.ntotal = ivf.ntotal  # a wrapping OPQ pre-transform keeps its own count
+        elif self.spec.family == "flat":
+            self._cpu.merge_from(other, 0)
+        else:
+            vectors = other.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
+            self.add(vectors, faiss.vector_to_array(other.id_map))
+            return n
+        if self._ngpu:
+            self._search_index = to_gpus(self._cpu, self._ngpu)
+        return n
+
+    @classmethod
+    def shard_of(cls, spec: IndexSpec, dim: int, trained: bytes | np.ndarray | None) -> AnnIndex:
+        """An empty shard of a ``spec`` index, for :meth:`merge_shard`: a copy of the ``trained`` empty IVF
+        index (``faiss.serialize_index`` bytes), or an empty Flat index (for Flat and HNSW)."""
+        faiss = import_faiss()
+        if spec.family == "ivf":
+            if trained is None:
+                raise ValueError(f"a shard of {spec} needs the trained empty index; train one first")
+            return cls(spec, dim, faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8).copy()))
+        return cls.create(IndexSpec(family="flat"), dim)
+
+    def trained_bytes(self) -> np.ndarray | None:
+        """The trained, empty IVF index serialised (``uint8``), kept since :meth:`train`; ``None`` otherwise."""
+        if self._trained is None and self._trained_path is not None:
+            self._trained = np.fromfile(self._trained_path, dtype=np.uint8)
+        return self._trained
+
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (unknown ids are ignored); returns how many were removed or tombstoned."""
         faiss = import_faiss()

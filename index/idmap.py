@@ -113,7 +113,14 @@ class IdMap:
     def region_ids(self, int_ids: np.ndarray) -> np.ndarray:
         """All region ids (``int64[sum n_regions]``) of images ``int_ids``, image by image, slot order."""
         int_ids = np.asarray(int_ids, dtype=np.int64)
-        counts = self.n_regions[int_ids].astype(np.int64)
+        return IdMap.region_ids_of(int_ids, self.n_regions[int_ids])
+
+    @staticmethod
+    def region_ids_of(int_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Region ids (``int64[sum counts]``) of images ``int_ids`` holding ``counts`` regions each, image by
+        image, slot order (what :meth:`region_ids` gives once the counts are assigned)."""
+        int_ids = np.asarray(int_ids, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
         owners = np.repeat(int_ids, counts)
         slots = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return (owners << SLOT_BITS) | slots

@@ -115,6 +115,10 @@ class Manifest:
             ``"global_index"`` (per image, spread over its regions), ``"float16_matrix"`` (vectors and
             boxes), and ``"search"``, what the search reads for every query's candidates: the indexes plus
             the codes (compressed layout) or the float16 matrix (float16 layout). Empty for captions.
+        sharded: how a sharded build ran (``index.shards``): ``tasks``, ``shard_vectors``, ``merge``, the
+            largest ``task_bytes_bound`` (the formula of :func:`index.shards.shard_task_bytes`), the largest
+            ``worker_peak_rss_bytes`` measured, and the wall ``seconds`` of its phases (``sample``, ``train``,
+            ``add``, ``merge``; ``build_s`` of its indexes is their sum); empty for a build in one process.
     """
 
     version: int
@@ -134,6 +138,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     region_layout: str = "float16"
     bytes_per_region: dict[str, float] = field(default_factory=dict)
+    sharded: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=_jsonable)

@@ -44,7 +44,10 @@ import numpy as np
 from regionrank.index.alignment import decode_float16
 from regionrank.storage.records import ImageEmbeddingRecord
 
-__all__ = ["REGIONS_DIR", "RegionMatrix", "RegionSegment", "StandaloneCodec", "copy_segments", "write_segment"]
+__all__ = [
+    "REGIONS_DIR", "RegionMatrix", "RegionSegment", "StandaloneCodec", "copy_segments", "segment_name", "write_segment",
+    "write_segment_files", "write_segment_list",
+]
 
 REGIONS_DIR = "regions"
 _SEGMENTS = "segments.json"
@@ -128,30 +131,62 @@ def write_segment(version_dir: Path, segment: RegionSegment, dim: int, codec: St
     names, old_dim = _segment_names(version_dir)
     if old_dim not in (None, 0, dim):
         raise ValueError(f"region matrix of {version_dir} is {old_dim}-d; cannot append {dim}-d vectors")
+    name = segment_name(len(names))
+    (version_dir / REGIONS_DIR).mkdir(parents=True, exist_ok=True)
+    write_segment_files(version_dir, name, segment, dim, codec)
+    _write_segment_list(version_dir, [*names, name], dim)
+    return name
+
+
+def segment_name(position: int) -> str:
+    """The file-name stem of the segment at ``position`` (0-based) of a region matrix: ``seg-000001``, ..."""
+    return f"seg-{position + 1:06d}"
+
+
+def write_segment_list(version_dir: Path, names: Sequence[str], dim: int) -> None:
+    """Make ``names`` (written by :func:`write_segment_files`, in this order) the region matrix of a staged
+    version directory; a later segment overrides an earlier one for an int id."""
+    _write_segment_list(version_dir, list(names), dim)
+
+
+def write_segment_files(version_dir: Path, name: str, segment: RegionSegment, dim: int,
+                        codec: StandaloneCodec | None = None) -> None:
+    """Write the files of one segment named ``name`` into ``version_dir/regions/`` (which must exist), each
+    through a temporary name and a rename (a retried writer replaces them whole), without listing it in
+    ``segments.json`` (:func:`write_segment_list`): shard tasks of a sharded build write theirs in parallel.
+
+    Raises:
+        ValueError: a vector block does not have ``dim`` columns, or its row count differs from its boxes'.
+    """
     for i, (v, b) in enumerate(zip(segment.vectors, segment.boxes, strict=True)):
         if v.shape[0] and v.shape[1] != dim:
             raise ValueError(f"image int id {segment.int_ids[i]} has {v.shape[1]}-d region vectors; the matrix is {dim}-d")
         if v.shape[0] != b.shape[0]:
             raise ValueError(f"image int id {segment.int_ids[i]} has {v.shape[0]} region vectors but {b.shape[0]} boxes")
-    name = f"seg-{len(names) + 1:06d}"
     out = version_dir / REGIONS_DIR
-    out.mkdir(parents=True, exist_ok=True)
     counts = [int(v.shape[0]) for v in segment.vectors]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
     vecs = [v for v in segment.vectors if v.shape[0]]
     stacked = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float16)
-    np.save(out / f"{name}.vectors.npy", stacked)
+    _save_npy(out / f"{name}.vectors.npy", stacked)
     boxes = [b for b in segment.boxes if b.shape[0]]
-    np.save(out / f"{name}.boxes.npy", np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+    _save_npy(out / f"{name}.boxes.npy", np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
     meta = {"int_ids": segment.int_ids, "starts": starts, "counts": counts, "uri": segment.uri,
             "width": segment.width, "height": segment.height}
     if codec is not None:
         codes, errors = _encode_regions(codec, stacked)
-        np.save(out / f"{name}.codes.npy", codes)
+        _save_npy(out / f"{name}.codes.npy", codes)
         meta["code_error"] = _per_image_max(errors, counts).tolist()
-    (out / f"{name}.meta.json").write_text(json.dumps(meta))
-    _write_segment_list(version_dir, [*names, name], dim)
-    return name
+    tmp = out / f".{name}.meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, out / f"{name}.meta.json")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
 
 
 def _encode_regions(codec: StandaloneCodec, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,7 @@ def _rebuild_reason(manifest: Manifest, anns: dict[str, AnnIndex]) -> str | None
 def _finish_update(
     vd: VersionedDir, source: EmbeddingSource | None, manifest: Manifest, anns: dict[str, AnnIndex],
     probes: dict[str, RecallProbe], idmap: IdMap, event: str, *, auto_rebuild: bool, ngpu: int,
-    changed: dict[str, dict[str, np.ndarray]], new_segment: RegionSegment | None = None,
+    changed: dict[str, dict[str, np.ndarray]], new_segment: RegionSegment | None = None, executor: Any = None,
 ) -> Manifest:
     for kind, info in manifest.indexes.items():
         info.n_vectors = anns[kind].n_alive
@@ -77,7 +77,7 @@ def _finish_update(
     if reason and auto_rebuild and source is not None:
         logger.info("rebuilding %s: %s", vd.root, reason)
         return build_version(vd, source, manifest.corpus, manifest.build, idmap.alive_ids(),  # type: ignore[arg-type]
-                                 history=[*history, f"rebuild: {reason}"], parent=parent, ngpu=ngpu)
+                             history=[*history, f"rebuild: {reason}"], parent=parent, ngpu=ngpu, executor=executor)
     manifest.version = vd.next_version()
     manifest.parent_version = parent
     manifest.n_items = len(idmap)
@@ -102,7 +102,7 @@ def _load_corpus(vd: VersionedDir, corpus: Corpus) -> tuple[Manifest, dict[str, 
 
 def _add_items(
     out_dir: str | Path, embeddings: Any, item_ids: Sequence[str], corpus: Corpus, *, auto_rebuild: bool, ngpu: int,
-    lock_timeout: float,
+    lock_timeout: float, executor: Any = None,
 ) -> Manifest:
     """:func:`add_images` / :func:`add_captions` for ``corpus``."""
     vd = VersionedDir(out_dir)
@@ -129,7 +129,8 @@ def _add_items(
         skipped = len(item_ids) - len(new)
         event = f"add {len(vecs.item_ids)}" + (f" ({skipped} already indexed)" if skipped else "")
         return _finish_update(vd, source, manifest, anns, probes, idmap, event, auto_rebuild=auto_rebuild, ngpu=ngpu,
-                              changed=changed, new_segment=vecs.region_segment(int_ids) if corpus == "images" else None)
+                              changed=changed, new_segment=vecs.region_segment(int_ids) if corpus == "images" else None,
+                              executor=executor)
 
 
 def _remove_items(
@@ -165,6 +166,7 @@ def add_images(
     auto_rebuild: bool = True,
     ngpu: int = 0,
     lock_timeout: float = 60.0,
+    executor: Any = None,
 ) -> Manifest:
     """Add images to the current version of an image index without retraining; publish a new version.
 
@@ -180,6 +182,8 @@ def add_images(
         out_dir: an index directory made by :func:`build_indexes`.
         embeddings: the ``ImageEmbeddingStore`` (or path) holding the new images.
         image_ids: images to add.
+        executor: runs a rebuild that falls due as a sharded build (:mod:`index.shards`); the batch itself is
+            added here, to the merged index (its float16 vectors, ``2 d`` bytes a region, in this process).
 
     Raises:
         FileNotFoundError: nothing is published in ``out_dir``.
@@ -188,7 +192,7 @@ def add_images(
             the wrong dimension.
     """
     return _add_items(out_dir, embeddings, image_ids, "images", auto_rebuild=auto_rebuild, ngpu=ngpu,
-                      lock_timeout=lock_timeout)
+                      lock_timeout=lock_timeout, executor=executor)
 
 
 def add_captions(
@@ -266,6 +270,7 @@ def update_or_build(
     *,
     rebuild: bool = False,
     ngpu: int = 0,
+    executor: Any = None,
     **build_kwargs: Any,
 ) -> Manifest:
     """The one decision "add to the current version, or build one": every run path calls this.
@@ -274,7 +279,11 @@ def update_or_build(
     when ``rebuild`` is set, when ``image_ids`` is ``None`` or when nothing is published yet; otherwise
     adds ``image_ids`` to the current version (:func:`add_images`, which skips ids already indexed and
     rebuilds by itself when growth or drift call for it).
+
+    With an ``executor`` (a ``distributed.Client``, ``concurrent.futures.Executor`` or ``map`` callable) every
+    build, a rebuild that falls due included, is sharded (:mod:`index.shards`); an incremental add goes
+    to the current (merged) index as without one.
     """
     if rebuild or image_ids is None or not versions(out_dir):
-        return build_indexes(embeddings, out_dir, ngpu=ngpu, **build_kwargs)
-    return add_images(out_dir, embeddings, image_ids, ngpu=ngpu)
+        return build_indexes(embeddings, out_dir, ngpu=ngpu, executor=executor, **build_kwargs)
+    return add_images(out_dir, embeddings, image_ids, ngpu=ngpu, executor=executor)

@@ -44,10 +44,10 @@ def test_the_plain_run_calls_the_stages_in_order(tmp_path: Path, monkeypatch: py
         "images_per_s": 1.0, "regions": 3})
     monkeypatch.setattr(stages, "encode_regions", lambda ids, ws, cfg, det, progress=None: calls.append(("encode_regions", ids)) or {
         "images": 1, "encoded": 1, "skipped": 0, "seconds": 1.0})
-    monkeypatch.setattr(stages, "update_index", lambda ws, ids, cfg, rebuild: calls.append(("update_index", (ids, rebuild))) or {"version": 1})
+    monkeypatch.setattr(stages, "update_index", lambda ws, ids, cfg, rebuild, dask_address: calls.append(("update_index", (ids, rebuild, dask_address))) or {"version": 1})
     rep = commands.run_pipeline(_cfg(tmp_path, tmp_path / "ws"), incremental=incremental, orchestrate=False)
     assert calls == [("expand_inputs", [tmp_path]), ("extract_regions", ["x.png"]), ("encode_regions", ["i1"]),
-                     ("update_index", (["i1"], not incremental))]
+                     ("update_index", (["i1"], not incremental, None))]
     assert (rep["stored"], rep["encoded"], rep["regions"], rep["index_version"]) == (1, 1, 3, 1)
 
 

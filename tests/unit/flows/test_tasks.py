@@ -34,8 +34,8 @@ def test_each_task_calls_its_stage_once(recorded: list, tmp_path: Path) -> None:
         ("expand_inputs", ([tmp_path],), {}),
         ("extract_regions", (["a.png"], ws, ext), {}),
         ("encode_regions", (["id"], ws, enc, "butd-r101-c4"), {}),
-        ("update_index", (ws, ["id"], idx), {"rebuild": False}),
-        ("update_index", (ws, None, idx), {"rebuild": True}),
+        ("update_index", (ws, ["id"], idx), {"rebuild": False, "dask_address": None}),
+        ("update_index", (ws, None, idx), {"rebuild": True, "dask_address": None}),
     ]
 
 
@@ -82,3 +82,29 @@ def test_update_index_stage_builds_then_adds(tmp_path: Path, monkeypatch: pytest
     (call,) = seen
     assert (call["out_dir"], call["embeddings"], call["image_ids"], call["rebuild"]) == (ws.index_dir, ws.image_embeddings, ["a"], True)
     assert (call["ngpu"], call["memory_budget"], call["kind"]) == (0, "1G", ("global", "region"))
+    assert call["executor"] is None  # no --dask: the library builds in this process
+
+
+def test_update_index_stage_hands_the_dask_client_to_the_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    distributed = pytest.importorskip("distributed")
+    import regionrank.index as index
+
+    seen: list[Any] = []
+
+    class _Manifest:
+        def to_json(self) -> str:
+            return '{"version": 1}'
+
+    def update_or_build(out_dir: Path, embeddings: Path, image_ids: Any, *, executor: Any, **kw: Any) -> _Manifest:
+        seen.append((executor, executor.submit(lambda: 6 * 7).result(timeout=60)))  # the client reaches the workers
+        return _Manifest()
+
+    monkeypatch.setattr(index, "update_or_build", update_or_build)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  silence_logs=50) as cluster:
+        out = tasks.update_index_task.fn(Workspace(root=tmp_path), None, IndexConfig(ngpu=0), rebuild=True,
+                                         dask_address=cluster.scheduler_address)
+    assert out == {"version": 1}
+    ((client, answer),) = seen
+    assert isinstance(client, distributed.Client) and answer == 42
+    assert client.status == "closed"  # the stage closes its client; the cluster is the caller's
