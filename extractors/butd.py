@@ -30,7 +30,8 @@ batched image gets the features it gets alone (to ~1e-5, kernel rounding).
 Box / feature convention: the returned boxes are the raw proposals (quirk #1 of
 ALGORITHMS.md), so the final box *is* the RoI each feature was pooled from; no
 re-pooling is needed and every feature belongs to its box. All NMS calls use
-Caffe's inclusive ``+1`` area convention.
+Caffe's inclusive ``+1`` area convention (the selection's in original-image pixels,
+as ``generate_tsv.py``; :mod:`extractors.butd_boxes`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ from regionrank.extractors.butd_boxes import (
     BoxConvention,
     caffe_anchors,
     cell_anchors,
-    clip_boxes,
-    iou_boxes,
+    given_rois,
     rpn_channel_permutation,
     select_proposals,
+    selection_boxes,
 )
 from regionrank.extractors.butd_preprocess import CAFFE_PIXEL_MEANS_BGR, CaffePreprocessor, resize_like_cv2
 from regionrank.extractors.checkpoint import (
@@ -323,7 +324,7 @@ class BottomUpDetector:
                 p, ap, f = probs[start:stop], attr_probs[start:stop], pool5[start:stop]
                 start = stop
                 sel = select_bottom_up(
-                    iou_boxes(cfg.box_convention, r), p, nms_iou=cfg.nms_thresh, conf_thresh=cfg.conf_thresh,
+                    selection_boxes(cfg.box_convention, r, im.scale), p, nms_iou=cfg.nms_thresh, conf_thresh=cfg.conf_thresh,
                     min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes,
                 ).keep  # fmt: skip
                 out.append(_detections(r[sel], im.scale, p[sel], ap[sel], f[sel]))
@@ -339,8 +340,9 @@ class BottomUpDetector:
 
         Returns:
             :class:`Detections` with one row per given box, in the given order: the
-            boxes as given, their ``pool5`` features (pooled from ``boxes * scale``,
-            clipped to the network input by :attr:`BottomUpCfg.box_convention`) and
+            boxes as given, their ``pool5`` features (pooled from ``boxes * scale``; clipped
+            to the network input under ``box_convention="detectron2"`` only, see
+            :func:`extractors.butd_boxes.given_rois`) and
             the argmax class and attribute, as for detected boxes.
 
         Raises:
@@ -355,7 +357,7 @@ class BottomUpDetector:
             raise ValueError("boxes must have x1 <= x2 and y1 <= y2 (original-image pixels)")
         x = image.tensor[None].to(self.device)
         height, width = image.tensor.shape[1:]
-        rois = clip_boxes(self.cfg.box_convention, torch.from_numpy(given).to(self.device) * image.scale, height, width)
+        rois = given_rois(self.cfg.box_convention, torch.from_numpy(given).to(self.device), image.scale, height, width)
         with self._autocast():
             pool5 = self.model.box_features(self.model.trunk(x), [rois])
             probs, attr_probs = self.model.classify(pool5)
@@ -438,6 +440,31 @@ def create_butd_detector(
     return BottomUpDetector(model, weights_hash=weights_hash, device=device)
 
 
+MILVLG_ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
+
+
+def _check_checkpoint_anchors(anchors: torch.Tensor | None, model: BottomUpRCNN) -> None:
+    """MILVLG runs the anchors its ``.pth`` carries; they must be the ones the RPN channels are read with here.
+
+    detectron2 (MILVLG's pinned commit) saves the cell anchors as a persistent buffer and loads
+    them from the checkpoint, overriding the config (whose ``SIZES [[4, 8, 16, 32]]`` would give
+    4-32 px anchors). A converted Caffe model carries Caffe's 64-512 px ratio-major anchors there.
+    """
+    if anchors is None:
+        logger.warning(
+            "butd-r101-c4: the MILVLG checkpoint carries no %s; MILVLG itself would then use its config's "
+            "4-32 px anchors, regionrank uses the %r convention's anchors", MILVLG_ANCHORS_KEY, model.cfg.box_convention,
+        )  # fmt: skip
+        return
+    want = model.cell_anchors
+    if tuple(anchors.shape) != tuple(want.shape) or not torch.allclose(anchors.float().cpu(), want.cpu(), atol=1e-3):
+        raise ValueError(
+            f"{MILVLG_ANCHORS_KEY}: the checkpoint's anchors {anchors.tolist()} differ from the anchors of "
+            f"box_convention={model.cfg.box_convention!r} ({want.tolist()}); its RPN channels follow its own anchors. "
+            f"Use box_convention='caffe' for a converted Caffe checkpoint, or check anchor_scales / anchor_ratios"
+        )
+
+
 def load_bottom_up_state(model: BottomUpRCNN, state: dict[str, torch.Tensor], checkpoint_format: CheckpointFormat = "auto") -> str:
     """Load a source state dict (any layout of :mod:`extractors.checkpoint`) into ``model``; returns the layout.
 
@@ -450,6 +477,8 @@ def load_bottom_up_state(model: BottomUpRCNN, state: dict[str, torch.Tensor], ch
     fmt = detect_checkpoint_format(state) if checkpoint_format == "auto" else checkpoint_format
     mapped = map_checkpoint(state, model.state_dict(), fmt)
     cfg = model.cfg
+    if fmt == "milvlg":
+        _check_checkpoint_anchors(state.get(MILVLG_ANCHORS_KEY), model)
     if fmt == "airsplay" and cfg.box_convention == "caffe":
         perm = rpn_channel_permutation(len(cfg.anchor_scales), len(cfg.anchor_ratios))
         for p in ("weight", "bias"):

@@ -12,8 +12,15 @@ box decoding                ``w = x2 - x1 + 1``                     ``w = x2 - x
 clipping                    to ``[0, W - 1]``                       to ``[0, W]``
 small boxes                 sides < ``rpn_min_size * scale`` out     empty boxes (side <= 0) out
 pre-NMS top-k               after clipping and the size filter      before them
-IoU (RPN NMS, selection)    inclusive (``+1``)                      exclusive
+IoU (RPN NMS)               inclusive (``+1``), network pixels      exclusive
+IoU (region selection)      inclusive (``+1``), *original* pixels   exclusive (scale-free)
+given boxes                 pooled as given (times the scale)       clipped to ``[0, W]`` first
 ==========================  ======================================  =====================================
+
+The selection row follows ``generate_tsv.py`` (and MILVLG's ``save_roi_features``): the
+proposals are divided by the image scale *before* the per-class NMS, so the ``+1`` is one
+original-image pixel. The given-box row follows Caffe's ``im_detect(net, im, boxes)`` and MILVLG's
+``bbox_feats`` mode (no clipping) and airsplay's given-box notebook (clipping).
 
 ``"caffe"`` is the original model (ALGORITHMS.md §1.1, §1.5) and the default; ``"detectron2"``
 reproduces airsplay/py-bottom-up-attention on its own checkpoints (proven against its outputs in
@@ -37,7 +44,9 @@ __all__ = [
     "cell_anchors",
     "decode_proposals",
     "detectron2_anchors",
+    "given_rois",
     "iou_boxes",
+    "selection_boxes",
     "rpn_channel_permutation",
     "select_proposals",
 ]
@@ -119,6 +128,17 @@ def iou_boxes(convention: BoxConvention, boxes: torch.Tensor) -> torch.Tensor:
     if convention == "caffe":
         return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
     return boxes
+
+
+def selection_boxes(convention: BoxConvention, rois: torch.Tensor, scale: float) -> torch.Tensor:
+    """Boxes for the per-class NMS of the region selection: IoU in original pixels (``rois / scale``), as the references."""
+    return iou_boxes(convention, rois / scale)
+
+
+def given_rois(convention: BoxConvention, boxes: torch.Tensor, scale: float, height: int, width: int) -> torch.Tensor:
+    """RoIs (network pixels) of user-given boxes in original pixels: scaled, and clipped under ``"detectron2"`` only."""
+    rois = boxes * scale
+    return clip_boxes(convention, rois, height, width) if convention == "detectron2" else rois
 
 
 def select_proposals(

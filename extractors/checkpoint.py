@@ -5,7 +5,13 @@ Three source layouts are accepted (``checkpoint_format``):
 * ``"native"``: the state dict of :class:`extractors.butd.BottomUpRCNN` itself;
 * ``"milvlg"``: MILVLG's converted Caffe checkpoints ``bua-caffe-frcn-r101*.pth``
   (detectron2 key names under ``"model"``; Caffe class order, background first;
-  RPN objectness as ``2 x 12`` softmax logits, background block first);
+  RPN objectness as ``2 x 12`` softmax logits, background block first, channels in
+  Caffe's ratio-major anchor order; BN step counters for res4/res5, which use
+  ``BatchNorm2d``; the cell anchors under
+  ``proposal_generator.anchor_generator.cell_anchors.0``, checked by
+  ``butd.load_bottom_up_state``). Read from the model code of
+  MILVLG/bottom-up-attention.pytorch@4dbce86 (``bua/caffe``, detectron2@be792b9)
+  and proven on a file saved from its model (``tests/fixtures/reference/butd_milvlg``);
 * ``"airsplay"``: airsplay's ``faster_rcnn_from_caffe[_attr].pkl`` (a pickle of
   numpy arrays under ``"model"``; detectron2 conventions: background is the
   *last* class row, "no attribute" the last attribute row, box regression has no

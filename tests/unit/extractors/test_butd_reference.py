@@ -8,16 +8,26 @@ and selections, within the tolerances of the fixture's README. The full-network 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from butd_refs import (
+    BOX_FRACTION,
+    BOX_IOU,
+    FEATURE_REL_TOL,
+    IMAGES,
+    PROB_ABS_TOL,
+    REFERENCE,
+    SMALL,
+    best_iou,
+    load_npz,
+    prepared,
+    weights_module,
+)
 from PIL import Image
-from torchvision.ops import box_iou
 
 from regionrank.extractors.butd import (
     BottomUpCfg,
@@ -29,32 +39,17 @@ from regionrank.extractors.butd import (
 )
 from regionrank.extractors.butd_boxes import iou_boxes
 from regionrank.extractors.checkpoint import detect_checkpoint_format, map_checkpoint
-from regionrank.extractors.detector import PreparedImage
 from regionrank.extractors.selection import select_bottom_up
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reference" / "butd"
-IMAGES = ["000000000802", "000000011813"]
-FEATURE_REL_TOL = 1e-4
-PROB_ABS_TOL = 1e-4
-BOX_IOU, BOX_FRACTION = 0.99, 0.99
-SMALL = {"min_size": 160, "max_size": 256, "rpn_post_nms_top_n": 300}
+FIXTURES = REFERENCE / "butd"
 
 
 def _recipe() -> dict:
     return json.loads((FIXTURES / "weights_recipe.json").read_text())
 
 
-def _load_weights_module():
-    spec = importlib.util.spec_from_file_location("butd_weights", FIXTURES.parent / "butd_weights.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _ref(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"{name}.npz") as z:
-        return dict(z)
+    return load_npz(FIXTURES / f"{name}.npz")
 
 
 def _bg_first_probs(z: dict[str, np.ndarray]) -> torch.Tensor:
@@ -70,10 +65,6 @@ def _ref_fg_class(z: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
     ids = z["cls_top_ids"][rows]
     first_fg = np.argmax(ids != 1600, axis=1)
     return ids[np.arange(len(rows)), first_fg] + 1
-
-
-def _iou_match(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return box_iou(torch.from_numpy(ours), torch.from_numpy(ref)).max(dim=1).values.numpy()
 
 
 # ---- default run: layout, selection rules, pre-processing -------------------------------------
@@ -127,7 +118,7 @@ def test_caffe_preprocessing_gives_the_references_network_input(name):
 @pytest.fixture(scope="module")
 def native_state() -> dict[str, torch.Tensor]:
     """The fixture weights, mapped once from the fork's layout into regionrank's names."""
-    weights = _load_weights_module().build_weights(_recipe())
+    weights = weights_module().build_weights(_recipe())
     model = BottomUpRCNN(BottomUpCfg(box_convention="detectron2", **SMALL))
     assert load_bottom_up_state(model, {k: torch.from_numpy(v) for k, v in weights.items()}) == "airsplay"
     return model.state_dict()
@@ -142,11 +133,6 @@ def _detector(state: dict[str, torch.Tensor], **cfg: int) -> BottomUpDetector:
 @pytest.fixture(scope="module")
 def reference_detector(native_state) -> BottomUpDetector:
     return _detector(native_state)
-
-
-def _prepared(z: dict[str, np.ndarray]) -> PreparedImage:
-    rgb_h, rgb_w = (round(s / float(z["scale"])) for s in z["input"].shape[1:])
-    return PreparedImage(tensor=torch.from_numpy(z["input"]), scale=float(z["scale"]), width=rgb_w, height=rgb_h)
 
 
 @pytest.mark.slow
@@ -178,10 +164,10 @@ def test_stages_match_the_reference(reference_detector, name):
 def test_end_to_end_selection_matches_the_reference(native_state, name, rule):
     z = _ref(name)
     lo, hi = (10, 100) if rule == "adaptive" else (36, 36)
-    (det,) = _detector(native_state, min_boxes=lo, max_boxes=hi).detect([_prepared(z)])
+    (det,) = _detector(native_state, min_boxes=lo, max_boxes=hi).detect([prepared(z)])
     ref_boxes, sel = z[f"boxes_{rule}"], z[f"sel_{rule}"]
     assert det.num_regions == len(sel)
-    assert (_iou_match(det.boxes, ref_boxes) >= BOX_IOU).mean() >= BOX_FRACTION
+    assert (best_iou(det.boxes, ref_boxes) >= BOX_IOU).mean() >= BOX_FRACTION
     np.testing.assert_array_equal(det.class_ids, _ref_fg_class(z, sel))
     rows = np.searchsorted(z["feat_ids"], sel)
     rel = np.linalg.norm(det.features - z["features"][rows], axis=1) / np.linalg.norm(z["features"][rows], axis=1)
@@ -196,8 +182,8 @@ def test_given_boxes_match_the_references_given_box_mode(reference_detector, nam
     ok = (given[:, 2] >= given[:, 0]) & (given[:, 3] >= given[:, 1])  # jittered boxes: one is inverted
     if not ok.all():
         with pytest.raises(ValueError, match="x1 <= x2"):
-            reference_detector.describe_boxes(_prepared(z), given)
-    det = reference_detector.describe_boxes(_prepared(z), given[ok])
+            reference_detector.describe_boxes(prepared(z), given)
+    det = reference_detector.describe_boxes(prepared(z), given[ok])
     np.testing.assert_array_equal(det.boxes, given[ok])
     ref_feats = z["given_features"][ok]
     rel = np.linalg.norm(det.features - ref_feats, axis=1) / np.linalg.norm(ref_feats, axis=1)
@@ -210,7 +196,7 @@ def test_given_boxes_match_the_references_given_box_mode(reference_detector, nam
 
 @pytest.mark.slow
 def test_the_forks_pkl_loads_through_the_public_factory(tmp_path):
-    weights = _load_weights_module().build_weights(_recipe())
+    weights = weights_module().build_weights(_recipe())
     path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
     with open(path, "wb") as fh:
         pickle.dump({"model": weights, "__author__": "fixture"}, fh, protocol=4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from regionrank.extractors.butd import BottomUpCfg, BottomUpRCNN, create_butd_detector
+from regionrank.extractors.butd import BottomUpCfg, BottomUpRCNN, caffe_anchors, create_butd_detector, load_bottom_up_state
 from regionrank.extractors.checkpoint import detect_checkpoint_format, map_checkpoint, read_checkpoint
 
 BLOCKS = (1, 2, 1, 2)
@@ -150,6 +150,32 @@ def test_milvlg_pth_loads_into_the_detector(tmp_path, rng):
     assert torch.equal(det.model.head[0].conv2.weight, detectron2_style_state("milvlg")["roi_heads.res5.0.conv2.weight"])
     (out,) = det.detect([det.preprocessor(rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8))])
     assert out.features.shape[1] == 2048 and out.num_regions >= 2
+
+
+ANCHORS = "proposal_generator.anchor_generator.cell_anchors.0"
+
+
+def test_milvlg_anchors_equal_to_caffes_load():
+    src = detectron2_style_state("milvlg")
+    src[ANCHORS] = caffe_anchors()
+    assert load_bottom_up_state(BottomUpRCNN(CFG), src) == "milvlg"
+
+
+def test_milvlg_anchors_of_another_geometry_are_refused_naming_the_key():
+    # what MILVLG's config alone gives (detectron2 anchors of sizes 4-32 px): the RPN would read other anchors
+    src = detectron2_style_state("milvlg")
+    src[ANCHORS] = torch.tensor([[-s * r, -s / r, s * r, s / r] for s in (2.0, 4.0, 8.0, 16.0) for r in (1.41, 1.0, 0.71)])
+    with pytest.raises(ValueError, match=r"proposal_generator\.anchor_generator\.cell_anchors\.0: the checkpoint's anchors"):
+        load_bottom_up_state(BottomUpRCNN(CFG), src)
+    src[ANCHORS] = caffe_anchors()  # right anchors, wrong convention for them
+    with pytest.raises(ValueError, match="box_convention='detectron2'"):
+        load_bottom_up_state(BottomUpRCNN(BottomUpCfg(blocks=BLOCKS, num_classes=C, num_attributes=A, box_convention="detectron2")), src)
+
+
+def test_a_milvlg_file_without_anchors_loads_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="regionrank.extractors.butd"):
+        assert load_bottom_up_state(BottomUpRCNN(CFG), detectron2_style_state("milvlg")) == "milvlg"
+    assert ANCHORS in caplog.text and "4-32 px" in caplog.text
 
 
 def test_airsplay_pkl_is_read_with_a_numpy_only_unpickler(tmp_path, target):
