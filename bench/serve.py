@@ -8,9 +8,10 @@ indexed; ``regionrank api`` starts on 127.0.0.1 as a child process; C clients (d
 images is added to the store and ``index.update_or_build`` publishes a new version, which the service
 must switch to without a failed query. Reported: QPS, p50/p95/p99 latency, errors (all, and within 2 s
 of the switch), the switch time (publication -> first answer from the new version) and the service's
-own open-and-warm time, the single-client latency and the QPS goal it implies (0.8 x cores / latency),
-the CLI round trip through the service against the in-process CLI, and the service's RSS before and
-after the switch. Only 127.0.0.1 is ever contacted; the load is bounded in requests and time.
+own open-and-warm time, the single-client latency (the faster of a cold measurement at start and a warm
+one after the load) and the QPS goal it implies (0.8 x cores / latency),
+the CLI round trip through the service against the in-process CLI, and the service's RSS (all its
+processes) at start, just before the switch (warm, half-way through the load) and after it. Only 127.0.0.1 is ever contacted; the load is bounded in requests and time.
 
     python -m bench.serve [--quick] [--json] [--n 10000] [--clients C] [--seconds T]
 """
@@ -120,6 +121,17 @@ def get_json(port: int, path: str) -> tuple[int, Any]:
         conn.close()
 
 
+def single_query_ms(port: int, *, seed: int, n: int = 10) -> float:
+    """Median latency of ``n`` queries sent one at a time (one client)."""
+    rng = np.random.default_rng(seed)
+    times = []
+    for _ in range(n):
+        ts = time.perf_counter()
+        get_json(port, "/search?q=" + query_text(rng).replace(" ", "+") + "&k=10")
+        times.append(time.perf_counter() - ts)
+    return 1e3 * statistics.median(times)
+
+
 def query_text(rng: np.random.Generator) -> str:
     return "a " + " and a ".join(rng.choice(WORDS, int(rng.integers(1, 4)), replace=False))
 
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 2 x cores)")
     p.add_argument("--seconds", type=float, default=None, help="load duration (default 30, quick 8)")
     p.add_argument("--workers", type=int, default=None, help="service query workers (default: its own, the CPU count)")
-    p.add_argument("--processes", type=int, default=None, help="service processes (default: the service's own, 1)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="service processes (default: one a core, as a deployment for throughput runs it)")
     p.add_argument("--threads-per-query", type=int, default=None,
                    help="torch/faiss threads of one query (default: the service's own, cores / workers)")
     args = p.parse_args(argv)
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = min(args.seconds or (8.0 if args.quick else 30.0), 600.0)
     result: dict[str, Any] = {"n_images": n, "clients": clients, "seconds": seconds, "cores": cores,
                               "workers": args.workers, "threads_per_query": args.threads_per_query,
-                              "processes": args.processes}
+                              "processes": args.processes or cores}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         t = time.perf_counter()
         ws, scene = build_workspace(Path(tmp) / "ws", n)
@@ -207,8 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cmd += ["--workers", str(args.workers)]
         if args.threads_per_query:
             cmd += ["--threads-per-query", str(args.threads_per_query)]
-        if args.processes:
-            cmd += ["--processes", str(args.processes)]
+        processes = args.processes or cores
+        cmd += ["--processes", str(processes)]
         log = open(Path(tmp) / "api.log", "wb")
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -218,14 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             port = int(meta["url"].rsplit(":", 1)[1])
             wait_until(lambda: get_json(port, "/readyz")[0] == 200, 240, "/readyz")
             result["start_s"] = time.perf_counter() - t
-            single = []
-            rng = np.random.default_rng(1)
-            for _ in range(10):
-                ts = time.perf_counter()
-                get_json(port, "/search?q=" + query_text(rng).replace(" ", "+") + "&k=10")
-                single.append(time.perf_counter() - ts)
-            result["single_query_ms"] = 1e3 * statistics.median(single)
-            result["rss_before_mb"] = rss_mb(proc.pid)
+            result["single_query_ms_start"] = single_query_ms(port, seed=1)
+            result["rss_start_mb"] = rss_mb(proc.pid)
             published: dict[str, float] = {}
             reindexers: list[threading.Thread] = []
 
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     index.update_or_build(ws.index_dir, ImageEmbeddingStore(ws.image_embeddings), new_ids)
                     published["at"] = time.perf_counter()
 
+                result["rss_before_mb"] = rss_mb(proc.pid)  # warm (half-way through the load), before the switch
                 reindexers.append(threading.Thread(target=run))
                 reindexers[0].start()
                 return time.perf_counter()
@@ -243,6 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             reindexers[0].join()
             wait_until(lambda: (get_json(port, "/readyz")[1] or {}).get("index_version") == 2, 120, "version 2")
             result["rss_after_mb"] = rss_mb(proc.pid)
+            # the goal's latency: the faster of a cold (just started) and a warm (after the load) measurement
+            result["single_query_ms_warm"] = single_query_ms(port, seed=2)
+            result["single_query_ms"] = min(result["single_query_ms_start"], result["single_query_ms_warm"])
             recs = load["records"]
             ok = [r for r in recs if r[2] == 200]
             lat = np.array([r[1] for r in ok]) * 1e3
@@ -269,7 +280,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "qps_goal": 0.8 * cores / (result["single_query_ms"] / 1e3),
             })
             result["rss_ratio"] = result["rss_after_mb"] / result["rss_before_mb"]
-            result["cli_service_s"], said = cli_seconds(ws.root)
+            runs = [cli_seconds(ws.root) for _ in range(3)]  # one process start each: the median of three
+            result["cli_service_runs_s"] = [t for t, _ in runs]
+            result["cli_service_s"], said = statistics.median(t for t, _ in runs), runs[0][1]
             if "answered by the search service" not in said:
                 raise RuntimeError(f"the CLI did not use the service: {said}")
             result["cli_inprocess_s"], _ = cli_seconds(ws.root, "--in-process")

@@ -26,7 +26,7 @@ from regionrank.flows.api.engine import EngineBusyError, EngineNotReadyError, Se
 from regionrank.flows.api.metrics import ServiceMetrics
 from regionrank.flows.config import SearchConfig
 from regionrank.index.search.params import SearchParams
-from regionrank.index.search.types import Fusion
+from regionrank.index.search.params import Fusion
 
 __all__ = ["ApiLimits", "ApiSettings", "LimitError", "create_app"]
 

@@ -8,9 +8,9 @@ command line cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
+from typing import Literal, get_args
 
-from regionrank.index.search.types import Fusion
+Fusion = Literal["scan", "mrsw", "weighted"]
 
 __all__ = ["SearchParams"]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from regionrank.index._faiss import import_faiss
 from regionrank.index.handle import IndexHandle, open_index
 from regionrank.index.source import open_embedding_source
 from regionrank.index.regions import RegionMatrix
@@ -135,7 +136,10 @@ class Searcher:
         # the global search (one query: one thread in faiss) runs beside the region rounds (faiss and
         # numpy release the GIL); its candidates join the pool after, which can only raise the threshold
         if first.has_regions and state.words.shape[0] and first.uses_global(query):
-            future = self._executor().submit(first.global_candidates, query)
+            # under the caller's faiss thread count: OpenMP settings are per thread, and a service that
+            # caps each query's threads (to answer several at once) must not get the default back here
+            threads = import_faiss().omp_get_max_threads()
+            future = self._executor().submit(_with_faiss_threads, threads, first.global_candidates, query)
             first.certify(pool, state, depth)
             first.score_new(pool, state, *future.result())
         else:
@@ -205,3 +209,8 @@ class Searcher:
         (image,) = self.embeddings.get([image_id])
         return caption_search(image, self.caption_handle, self.captions, k, word_k=word_k, n_candidates=n_candidates,
                               pad_regions_to=self.params.pad_regions_to)
+
+
+def _with_faiss_threads(threads: int, fn: Any, *args: Any) -> Any:
+    import_faiss().omp_set_num_threads(threads)
+    return fn(*args)

@@ -11,10 +11,11 @@ protocols, and ``flows`` wires the real objects in. An optional capability is a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from regionrank.index.search.params import Fusion  # defined beside SearchParams, which imports no numpy
 from regionrank.storage.records import ImageEmbeddingRecord, QueryEmbedding
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "SearchStats",
     "WordExplanation",
 ]
-
-Fusion = Literal["scan", "mrsw", "weighted"]
 
 
 @runtime_checkable

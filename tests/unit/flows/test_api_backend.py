@@ -66,17 +66,23 @@ def test_limit_query_threads_applies_to_the_calling_thread() -> None:
     before = torch.get_num_threads()
     seen: dict[str, int] = {}
 
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas_before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
     def worker() -> None:
         limit_query_threads(1)
         seen["faiss"], seen["torch"] = faiss.omp_get_max_threads(), torch.get_num_threads()
+        seen["blas"] = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
     try:
         t = threading.Thread(target=worker)
         t.start()
         t.join(timeout=30)
-        assert seen == {"faiss": 1, "torch": 1}
+        assert seen == {"faiss": 1, "torch": 1, "blas": 1}
     finally:
         torch.set_num_threads(before)
+        threadpool_limits(limits=max(blas_before.values(), default=1), user_api="blas")
 
 
 def test_worker_init_runs_in_every_query_thread_and_where_versions_open() -> None:

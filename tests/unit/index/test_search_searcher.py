@@ -148,3 +148,29 @@ def test_searcher_takes_search_params_and_keyword_overrides(built, scene: Scene)
         index.Searcher(idx, store, enc, NumpyScanReranker(), rerank_depth=3)
     with pytest.raises(ValueError, match="region_k"):
         index.Searcher(idx, store, enc, NumpyScanReranker(), region_k=0)
+
+
+def test_the_global_search_thread_runs_under_the_callers_faiss_threads(built, scene: Scene, monkeypatch) -> None:
+    """OpenMP settings are per thread: a caller that caps its faiss threads (a service answering one
+    query a core) must not get faiss's default back in the thread the global search runs in."""
+    import threading
+
+    idx, store, _ = built
+    searcher = index.Searcher(idx, store, BagOfWordsEncoder(scene.prototypes), EstimatingScanReranker(), rerank_k=20)
+    faiss = index.faiss_module()
+    seen: list[tuple[str, int]] = []
+    real = type(searcher.first_stage).global_candidates
+
+    def spy(self, query):  # type: ignore[no-untyped-def]
+        seen.append((threading.current_thread().name, faiss.omp_get_max_threads()))
+        return real(self, query)
+
+    monkeypatch.setattr(type(searcher.first_stage), "global_candidates", spy)
+    before = faiss.omp_get_max_threads()
+    try:
+        for threads in (1, 3):
+            faiss.omp_set_num_threads(threads)
+            searcher.search(QUERIES[0], 5)
+            assert seen[-1][0].startswith("global-search") and seen[-1][1] == threads
+    finally:
+        faiss.omp_set_num_threads(before)
