@@ -81,6 +81,19 @@ def limit_query_threads(n: int) -> None:
     threadpool_limits(limits=n, user_api="blas")
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The service's listening socket. Its protocol is IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on
+    accepted connections only when the socket says it is TCP, and without it every keep-alive response
+    waited ~40 ms for the client's delayed ACK (Nagle): /healthz took 44 ms, a search 92 ms instead of 38."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog until the server accepts: the service file is never early
+    return sock
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """Everything one service process needs to build its application: picklable, so that with
@@ -189,11 +202,7 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
                        threads_per_query=threads_per_query or query_threads(workers * processes, cpus),
                        queue_limit=queue_limit, poll_interval=poll_interval, cors_origins=cors_origins, search=search,
                        prefect_ui_url=prefect_ui_url, prefect_api_url=prefect_api_url)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)  # connections wait in the backlog until the server accepts: the service file is never early
+    sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{url_host}:{bound}"

@@ -147,3 +147,33 @@ def test_run_api_refuses_counts_below_one(tmp_path: Path, kwargs: dict, named: s
 
     with pytest.raises(ValueError, match=f"{named} must be >= 1, got 0"):
         run_api(Workspace(root=tmp_path), wait_for_index=True, **kwargs)
+
+
+def test_the_service_socket_gets_tcp_nodelay_on_every_connection() -> None:
+    """Without TCP_NODELAY each keep-alive response waits for the client's delayed ACK (~40 ms)."""
+    import asyncio
+    import socket
+
+    from regionrank.flows.api.service import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    seen: list[int] = []
+
+    class Record(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Record, sock=sock)  # as uvicorn serves it
+        async with server:
+            for _ in range(2):
+                _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+                writer.close()
+            for _ in range(200):  # bounded: both connections seen
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert seen == [1, 1]
