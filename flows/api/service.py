@@ -165,7 +165,7 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
         host / port: where to listen (``port=0``: a free port); a non-loopback ``host`` needs ``token``.
         token: the API token every request must carry, or ``None``.
         workers: queries answered at once by one process (default: the CPU count over ``processes``,
-            at most 8).
+            at least 2, at most 8).
         threads_per_query: torch/faiss threads of one query (default :func:`query_threads`: the cores
             shared out between the queries answered at once, so 1 with the default workers).
         processes: service processes sharing the socket. Python runs one thread's bytecode at a time,
@@ -197,7 +197,9 @@ def run_api(ws: Workspace, *, host: str = "127.0.0.1", port: int = 8765, token: 
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     cpus = os.cpu_count() or 1
-    workers = workers or max(1, min(8, cpus // processes))
+    # two at least: connections land on a process at random, and a second query thread lets a process that
+    # drew more of them use the core a sibling leaves idle (threads per query stay at one a core)
+    workers = workers or max(2, min(8, cpus // processes))
     spec = ServiceSpec(root=ws.root, token=token, workers=workers,
                        threads_per_query=threads_per_query or query_threads(workers * processes, cpus),
                        queue_limit=queue_limit, poll_interval=poll_interval, cors_origins=cors_origins, search=search,
