@@ -23,7 +23,7 @@ the float matrix in one process:
 
 **Merged, not kept as shards.** Appending inverted lists in slice order gives each list the ids, codes and
 order that adding the vectors in one go gives, so the merged index *is* the one-shot index (same ids,
-same search results, Flat and IVF alike, ``tests/unit/index/test_shards.py``). Everything downstream is
+same search results, Flat and IVF alike, ``tests/unit/index/test_sharded_build.py``). Everything downstream is
 then unchanged and needs no new proof: the first stage's completeness argument (a short region row holds
 everything the index can reach) is about one index, incremental updates (:func:`index.update_or_build`)
 add to it, and search memory-maps one file per kind. What sharding has to take off one process is the
