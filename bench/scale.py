@@ -16,7 +16,7 @@ process trains the quantiser once, merges the shards and tunes. ``build_s_1worke
 time ``index.build_indexes`` (the cluster is started before the clock); ``peak_rss_gib_workers`` is each
 worker process's peak RSS (interpreter and libraries included), ``task_bytes_bound`` the formula of
 ``index.shards.shard_task_bytes`` for the largest slice. The two builds give the same index (the
-sharded build equals the one-process build, ``tests/unit/index/test_shards.py``); the 1-worker one is searched.
+sharded build equals the one-process build, ``tests/unit/index/test_sharded_build.py``); the 1-worker one is searched.
 
     python -m bench.scale [--quick] [--json] [--n 1000000] [--dim 256] [--queries 30] [--bytes-per-region 48]
     python -m bench.scale --n 5000 --dim 64 --compare float16 --compare OPQ8_64,IVF256,PQ8   # layouts side by side
