@@ -406,3 +406,51 @@ def test_the_service_modules_import_no_prefect_torch_or_faiss() -> None:
     for code in (client, service):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "[]", code
+
+
+def test_info_links_the_latest_indexing_run_in_the_prefect_ui(photo: Path) -> None:
+    """A real HTTP stand-in for the Prefect API on 127.0.0.1: the page's link is the newest index/reindex
+    run's page in the UI; with the API down there is no run link, and /info still answers."""
+    import http.server
+    import json as jsonlib
+    import threading
+
+    asked: list[dict[str, Any]] = []
+
+    class PrefectApi(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+            asked.append({"path": self.path, "body": jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            body = jsonlib.dumps([{"id": "run-123", "name": "tidy-otter"}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PrefectApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api_url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        client, engine, _ = make(photo, prefect_ui_url="http://127.0.0.1:4200", prefect_api_url=api_url)
+        try:
+            info = client.get("/info").json()
+            assert info["prefect_run"] == "http://127.0.0.1:4200/runs/flow-run/run-123"
+            assert asked and asked[0]["path"] == "/api/flow_runs/filter"
+            assert set(asked[0]["body"]["flows"]["name"]["any_"]) == {"reindex", "index-images"}
+            client.get("/info")
+            assert len(asked) == 1  # asked once per index version
+        finally:
+            engine.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    client, engine, _ = make(photo, prefect_ui_url="http://127.0.0.1:4200", prefect_api_url=api_url + "-down")
+    try:  # the stand-in is gone: no run link, the UI link stays
+        info = client.get("/info").json()
+        assert info["prefect_run"] is None and info["prefect_ui"] == "http://127.0.0.1:4200"
+    finally:
+        engine.stop()
