@@ -68,3 +68,17 @@ def test_codes_truth_needs_an_index_with_codes(data) -> None:
         build_vector_index(x[:500], ids[:500], spec="IVF4,Flat", truth="codes")
     with pytest.raises(ValueError, match="truth"):
         build_vector_index(x[:500], ids[:500], spec="Flat", truth="decoded")
+
+
+def test_small_decodes_run_on_one_thread_and_give_the_same_vectors(data, built) -> None:
+    from regionrank.index import faiss_module
+
+    x, _ = data
+    ann, _, _ = built
+    faiss = faiss_module()
+    codes = ann.encode_standalone(x)
+    before = faiss.omp_get_max_threads()
+    small = ann.decode_standalone(codes[:100])
+    assert faiss.omp_get_max_threads() == before  # the caller's setting is restored
+    assert np.array_equal(small, ann._cpu.sa_decode(codes[:100]))  # faiss's own decoder, default threads
+    assert np.array_equal(small, ann.decode_standalone(codes)[:100])
