@@ -160,6 +160,9 @@ class SsdMobilenetDetector:
         except ImportError as exc:
             raise RuntimeError(f"efficientnet-lite-pytorch is not installed: {_INSTALL_HINT}") from exc
         self.device = torch.device(device)
+        if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no TensorFlow importer (removed in 5.1), which the demo "
+                               f"SSD-MobileNetV2 needs: pip install 'opencv-python-headless>=4.8,<5.1'")
         self.net = cv2.dnn.readNetFromTensorflow(str(files["ssd_pb"]), str(files["ssd_pbtxt"]))
         effnet = EfficientNet.from_name("efficientnet-lite0", image_size=feature_size)
         effnet.load_state_dict(torch.load(files["effnet"], map_location="cpu", weights_only=True), strict=True)

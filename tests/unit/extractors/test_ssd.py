@@ -78,6 +78,17 @@ def test_weights_argument_is_refused():
         get_detector("ssd-mobilenet-coco", weights="x.pb")
 
 
+def test_an_opencv_without_its_tensorflow_importer_gets_the_fix(monkeypatch):
+    import cv2
+
+    from regionrank.extractors import get_detector
+
+    if hasattr(cv2.dnn, "readNetFromTensorflow"):
+        monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow")  # as OpenCV 5.1 ships it
+    with pytest.raises(RuntimeError, match=r"no TensorFlow importer .*opencv-python-headless>=4.8,<5.1"):
+        get_detector("ssd-mobilenet-coco", feature_size=224, max_boxes=8)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not COCO_MINI.is_dir(), reason=f"real photos not available at {COCO_MINI}")
 def test_finds_people_in_real_photos_whose_captions_mention_them(ssd):
