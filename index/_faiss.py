@@ -9,12 +9,13 @@ build on a CPU-only machine returns an *empty* index from ``index_cpu_to_all_gpu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["available_gpus", "check_ngpu", "import_faiss", "to_cpu", "to_gpus"]
+__all__ = ["available_gpus", "check_ngpu", "import_faiss", "omp_threads", "to_cpu", "to_gpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ def import_faiss() -> ModuleType:
     if _faiss_module is None:  # pragma: no cover - exercised only without faiss
         raise RuntimeError("faiss is not installed: pip install 'regionrank[cpu]' (or [gpu], never both)") from _FAISS_IMPORT_ERROR
     return _faiss_module
+
+
+@contextlib.contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Run the block with faiss's OpenMP thread count at ``n`` in the calling thread (OpenMP settings are
+    per thread), restoring the thread's own count after."""
+    faiss = import_faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def available_gpus() -> int:

@@ -101,6 +101,8 @@ def build_vector_index(
     chosen_by = "user" if spec is not None else "auto"
     spec = IndexSpec.parse(spec) if isinstance(spec, str) else spec or choose_spec(n, d, budget)
     check_trainable(spec, n)
+    if truth == "codes":
+        spec.standalone_code_bytes()  # raises for an index without codes, before any training
     ann = AnnIndex.create(spec, d, ngpu=check_ngpu(ngpu))
     t0 = time.perf_counter()
     train_rows, query_rows = sample_rows(n, spec, seed=seed, n_tune_queries=n_tune_queries,
@@ -110,8 +112,6 @@ def build_vector_index(
     ann.add(xb, ids)
     build_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    if truth == "codes":
-        spec.standalone_code_bytes()  # raises for an index without codes
     truth_xb = DecodedRows(ann, xb) if truth == "codes" else None
     if tuning_queries is None:
         probe = RecallProbe.create(xb, ids, query_rows, k=k, truth_xb=truth_xb, truth=truth)

@@ -412,7 +412,7 @@ class RecallProbe:
         # exactly: a result scoring at least the k-th true score is a true neighbour whatever its id
         kth = self.gt_scores[valid][:, self.k - 1 : self.k]
         tol = 1e-5 * np.maximum(1.0, np.abs(kth))
-        by_id = np.array([np.isin(g[: self.k], t[: self.k]) for g, t in zip(got, self.gt_ids[valid])]).reshape(got.shape[0], -1)
+        by_id = (got[:, : self.k, None] == self.gt_ids[valid][:, None, : self.k]).any(axis=2)
         ok = (got[:, : self.k] >= 0) & (by_id | (got_scores[:, : self.k] >= kth - tol))
         return int(ok.sum()), slots
 

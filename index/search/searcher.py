@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from regionrank.index._faiss import import_faiss
+from regionrank.index._faiss import import_faiss, omp_threads
 from regionrank.index.handle import IndexHandle, open_index
 from regionrank.index.source import open_embedding_source
 from regionrank.index.regions import RegionMatrix
@@ -212,5 +212,5 @@ class Searcher:
 
 
 def _with_faiss_threads(threads: int, fn: Any, *args: Any) -> Any:
-    import_faiss().omp_set_num_threads(threads)
-    return fn(*args)
+    with omp_threads(threads):
+        return fn(*args)
